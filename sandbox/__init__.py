@@ -13,9 +13,9 @@ __all__ = ["connect", "pledge", "unveil"]
 
 def __getattr__(name: str) -> Any:
     if name in ("pledge", "unveil"):
-        from sandbox import pledge as _pledge
+        import importlib
 
-        return getattr(_pledge, name)
+        return getattr(importlib.import_module("sandbox.agent"), name)
     if name == "connect":
         from sandbox.client import connect
 

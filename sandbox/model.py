@@ -5,9 +5,10 @@ Loading (sandbox.policy) knows YAML and locations; nothing after it does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, Mapping
+from typing import Literal
 
 Perm = Literal["r", "w", "x", "c"]
 LockMode = Literal["exec", "agent"]

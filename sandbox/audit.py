@@ -1,0 +1,731 @@
+"""The tamper-evident audit log (SPEC section 6): JSON Lines, hash-chained, write-ahead.
+
+Format. One JSON object a line, keys in this order: seq, time, kind, agent, the kind's
+fields, prev. `prev` is the hex SHA-256 of the previous line's bytes *without* its
+trailing newline (64 zeros for the first record), so `sha256(line.rstrip(b"\\n"))`
+is all a third-party verifier needs. Lines are split on b"\\n" only: records are written
+with ensure_ascii=False, so a str.splitlines() reader would also split on U+2028.
+
+What the chain proves: no record was changed, removed, inserted or reordered, except at
+the end: the last record can be altered, or whole records cut off the end, without
+breaking the chain. Anchor the head hash (VerifyResult.head) elsewhere when that matters.
+
+Durability (write-ahead). The caller appends the records that describe what it is about
+to do, commits, and only then lets the operation take effect. A commit that fails breaks
+the log for good: every later append or commit raises AuditError, so the caller refuses
+every later operation (fail closed).
+
+Several writers (one `sandbox run` per agent sharing one log). Each AuditLog holds an
+exclusive flock(2) on the file from its first append to its commit; under the lock it
+re-reads the last line if the file grew, so seq and prev continue whatever another
+process wrote. The wait for the lock is a blocking flock: the kernel wakes waiters when
+it is released, so a busy writer cannot starve the others (a polling loop with sleeps
+did, in test_concurrent_processes_share_one_chain). So commit promptly after append: a
+writer that holds a batch open holds up every other writer of the file. One AuditLog
+per file per process; a second one is refused, as it would wait on the first forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shlex
+import signal
+import stat
+import sys
+import threading
+import unicodedata
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+from sandbox.errors import SandboxError
+
+ZERO_HASH = "0" * 64
+
+# A field is satisfied by any one of the names in its group ("path or url").
+REQUIRED: Mapping[str, tuple[tuple[str, ...], ...]] = MappingProxyType(
+    {
+        "start": (("pid",), ("policy",), ("policy_sha256",), ("command",), ("enforced",)),
+        "lock": (("pid",), ("pledge",), ("unveil",)),
+        "violation": (("pid",), ("syscall",), ("args",), ("promise",), ("action",)),
+        "op": (("pid",), ("op",), ("resource",), ("path", "url"), ("decision",), ("reason",)),
+        "exit": (("pid",), ("status", "signal")),
+    }
+)
+COMMON_KEYS = ("seq", "time", "kind", "agent")
+RESERVED_KEYS = frozenset({*COMMON_KEYS, "prev"})
+
+# Size bounds. Strings come partly from the agent (paths, URLs, syscall arguments), so
+# each is capped and the whole record too: a record is never larger than one write.
+MAX_STRING = 4096  # characters; longer strings are cut and marked
+MAX_RECORD = 64 * 1024  # bytes of one serialised line
+MAX_DEPTH = 16  # nesting of lists/objects in a field value
+# One commit is written in os.write() calls of at most this many bytes, each holding
+# whole records only, so a line is never split between two write() calls. On Linux a
+# write() to a regular O_APPEND file is done under the inode lock and cannot interleave
+# with another process's write(); keeping each call small also keeps a short write (a
+# fatal signal or a full disk between pages) unlikely, and such a short write leaves at
+# most one partial final line, which verify reports and the constructor refuses to
+# continue. Cooperating writers also hold the flock, so they never interleave at all.
+MAX_WRITE = 64 * 1024
+
+# (st_dev, st_ino) of the logs open in this process: see "One AuditLog per file".
+_OPEN_LOGS: set[tuple[int, int]] = set()
+_OPEN_LOGS_MUTEX = threading.Lock()
+
+
+class AuditError(SandboxError):
+    """The audit log cannot be opened or written; the caller must refuse the operation."""
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    records: int  # records that passed every check
+    first_bad_line: int | None
+    message: str
+    head: str = ZERO_HASH  # SHA-256 of the last good line: anchor it to detect cut-off tails
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _line_hash(line: bytes) -> str:
+    return hashlib.sha256(line).hexdigest()
+
+
+# ---------------------------------------------------------------------------- values
+
+
+def _clean_str(s: str) -> str:
+    """Valid UTF-8, bounded: lone surrogates (os.fsdecode of non-UTF-8 names) as escapes."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        s = "".join(
+            (f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else f"\\u{ord(c):04x}")
+            if 0xD800 <= ord(c) <= 0xDFFF
+            else c
+            for c in s
+        )
+    if len(s) > MAX_STRING:
+        s = f"{s[:MAX_STRING]}...[{len(s) - MAX_STRING} more characters]"
+    return s
+
+
+def _jsonable(value: Any, where: str, depth: int = 0) -> Any:
+    """A deterministic JSON-safe copy of `value`, or ValueError naming the field."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"audit field {where}: nested deeper than {MAX_DEPTH}")
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"audit field {where}: {value} is not a JSON number")
+        return value
+    if isinstance(value, str):
+        return _clean_str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        # Kernel-side paths are bytes; keep them readable, escape what is not UTF-8.
+        return _clean_str(bytes(value).decode("utf-8", "backslashreplace"))
+    if isinstance(value, os.PathLike):
+        return _jsonable(os.fspath(value), where, depth)
+    if isinstance(value, Enum):
+        return _jsonable(value.value, where, depth)
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            key = _jsonable(k, where, depth + 1)
+            if not isinstance(key, str | int) or isinstance(key, bool):
+                raise ValueError(f"audit field {where}: key {k!r} is not a string")
+            out[str(key)] = _jsonable(v, f"{where}.{key}", depth + 1)
+        return out
+    if isinstance(value, list | tuple):
+        return [_jsonable(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, set | frozenset):
+        items = [_jsonable(v, f"{where}[]", depth + 1) for v in value]
+        return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
+    raise ValueError(f"audit field {where}: a {type(value).__name__} is not JSON data")
+
+
+def _check_required(kind: str, present: Callable[[str], bool]) -> str | None:
+    """The first missing field of `kind` (described), or None."""
+    for group in REQUIRED.get(kind, ()):
+        if not any(present(name) for name in group):
+            return " or ".join(repr(n) for n in group)
+    return None
+
+
+def build_line(seq: int, kind: str, agent: str, fields: Mapping[str, Any], prev: str) -> bytes:
+    """One serialised record, without its newline (the bytes that are hashed)."""
+    if kind not in REQUIRED:
+        raise ValueError(f"unknown audit record kind {kind!r} (known: {', '.join(REQUIRED)})")
+    clash = RESERVED_KEYS.intersection(fields)
+    if clash:
+        raise ValueError(f"audit record {kind}: fields {sorted(clash)} are set by the log")
+    missing = _check_required(kind, fields.__contains__)
+    if missing is not None:
+        raise ValueError(f"audit record {kind}: missing field {missing}")
+    record: dict[str, Any] = {"seq": seq, "time": _now(), "kind": kind, "agent": agent}
+    # The kind's fields in table order, then extras in the caller's order.
+    ordered = [n for group in REQUIRED[kind] for n in group if n in fields]
+    ordered += [n for n in fields if n not in ordered]
+    for name in ordered:
+        record[name] = _jsonable(fields[name], name)
+    record["prev"] = prev
+    line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    data = line.encode("utf-8")
+    if len(data) > MAX_RECORD:
+        raise ValueError(f"audit record {kind}: {len(data)} bytes, more than {MAX_RECORD}")
+    return data
+
+
+# ---------------------------------------------------------------------------- tail
+
+
+def _last_line_start(fd: int, end: int) -> int:
+    """Offset just after the last b"\\n" before `end` (0 if none): reads backwards."""
+    chunk, pos, buf = 4096, end, b""
+    while pos > 0:
+        start = max(0, pos - chunk)
+        buf = os.pread(fd, pos - start, start) + buf
+        pos = start
+        cut = buf.rfind(b"\n")
+        if cut >= 0:
+            return pos + cut + 1
+        chunk = min(chunk * 2, 1 << 20)
+    return 0
+
+
+def _read_tail(fd: int, size: int, path: str) -> tuple[int, str]:
+    """(seq, hash) of the last record of a log of `size` bytes read through `fd`."""
+    if size == 0:
+        return 0, ZERO_HASH
+    if os.pread(fd, 1, size - 1) != b"\n":
+        # A write cut short: SIGKILL between two pages of a write() (observed with group
+        # commits), a full disk, a power loss. The cut record's commit never returned, so
+        # the operation it describes never took effect (write-ahead): dropping it loses
+        # nothing that happened. That is the operator's call, not ours.
+        good = _last_line_start(fd, size)
+        raise AuditError(
+            f"{path}: the last line is incomplete (a write cut short by a crash or a full "
+            f"disk); refusing to append after it. Check it with 'sandbox audit verify "
+            f"{path}'; to continue the log, cut the partial line off with "
+            f"'truncate -s {good} {path}'."
+        )
+    start = _last_line_start(fd, size - 1)
+    line = os.pread(fd, size - 1 - start, start)
+    try:
+        record = json.loads(line)
+        seq = record["seq"]
+    except (ValueError, TypeError, KeyError) as e:
+        raise AuditError(
+            f"{path}: the last record is not a valid audit record ({e}); refusing to "
+            f"continue the chain. Run 'sandbox audit verify {path}'."
+        ) from None
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise AuditError(f"{path}: the last record has a bad seq {seq!r}; run verify")
+    return seq, _line_hash(line)
+
+
+# ---------------------------------------------------------------------------- writer
+
+
+_OPEN_ERRORS: Mapping[int, str] = MappingProxyType(
+    {
+        errno.ELOOP: "is a symbolic link; the audit log must be a regular file",
+        errno.ENXIO: "is not a regular file (a FIFO or socket)",
+        errno.EISDIR: "is a directory; the audit log must be a regular file",
+        errno.EACCES: "is not writable (permission denied)",
+        errno.EPERM: "is not writable (operation not permitted)",
+        errno.EROFS: "is not writable (read-only file system)",
+        errno.ENOENT: "cannot be created (its directory does not exist)",
+    }
+)
+
+
+class AuditLog:
+    """An append-only, hash-chained audit log, written ahead of the operations it records.
+
+    Group commit: the parent's event loop reads a batch of broker requests and
+    notifications, append()s one record for each, then commit()s once: one write() and
+    one fdatasync() per batch instead of per record. fdatasync is the cost that matters
+    (0.2 ms on the CI VM's ext4, milliseconds on many disks: see ci/bench_audit.py,
+    about 13x more records/s with batches of 64), so this keeps the log durable before
+    any operation takes effect without paying one sync per request.
+
+    Thread-safe: one mutex covers append, commit and close, so worker threads and the
+    event loop can share one AuditLog. commit() makes durable every record appended
+    before it, by any thread.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        agent: str,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.agent = agent
+        self._mutex = threading.Lock()
+        self._buffer: list[bytes] = []  # whole lines, with their newline
+        self._seq = 0  # last seq appended (committed or buffered)
+        self._prev = ZERO_HASH  # hash of the last line appended
+        self._end = -1  # file size after our last commit; -1: re-read the tail
+        self._flocked = False
+        self._broken: str | None = None
+        self._closed = False
+        self._fd, self._rfd = self._open()
+        st = os.fstat(self._fd)
+        self._key = (st.st_dev, st.st_ino)
+        with _OPEN_LOGS_MUTEX:
+            if self._key in _OPEN_LOGS:
+                os.close(self._fd)
+                os.close(self._rfd)
+                raise AuditError(
+                    f"audit log {self.path} is already open in this process; share that "
+                    f"AuditLog (it is thread-safe) instead of opening a second one"
+                )
+            _OPEN_LOGS.add(self._key)
+        try:
+            self._lock_file()
+            try:
+                self._sync_tail()
+            except OSError as e:
+                raise AuditError(f"audit log {self.path} cannot be read: {e.strerror}") from None
+            finally:
+                self._unlock_file()
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        self._closed = True
+        self._unlock_file_quietly()
+        for fd in (self._fd, self._rfd):
+            with contextlib.suppress(OSError):  # EBADF only if someone closed it under us
+                os.close(fd)
+        with _OPEN_LOGS_MUTEX:
+            _OPEN_LOGS.discard(self._key)
+
+    def _open(self) -> tuple[int, int]:
+        # O_NONBLOCK only so that a FIFO without a reader fails (ENXIO) instead of hanging.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            fd = os.open(self.path, flags | os.O_NONBLOCK, 0o600)
+        except OSError as e:
+            why = _OPEN_ERRORS.get(e.errno or 0, e.strerror or str(e))
+            raise AuditError(f"audit log {self.path} {why}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise AuditError(f"audit log {self.path} is not a regular file")
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            # A second, read-only descriptor to read the tail; the write one stays O_WRONLY.
+            try:
+                rfd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except OSError as e:
+                raise AuditError(
+                    f"audit log {self.path} cannot be read to continue its chain: {e.strerror}"
+                ) from None
+            rst = os.fstat(rfd)
+            if (rst.st_dev, rst.st_ino) != (st.st_dev, st.st_ino):
+                os.close(rfd)
+                raise AuditError(f"audit log {self.path} was replaced while being opened")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, rfd
+
+    # -- the inter-process lock
+
+    def _lock_file(self) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)  # Python retries on EINTR (PEP 475)
+        except OSError as e:
+            raise self._break(f"cannot lock: {e.strerror}") from None
+        self._flocked = True
+
+    def _unlock_file(self) -> None:
+        if self._flocked:
+            self._flocked = False
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            except OSError as e:
+                raise self._break(f"cannot unlock: {e.strerror}") from None
+
+    def _sync_tail(self) -> None:
+        """Under the flock: continue from what is in the file if someone else wrote."""
+        size = os.fstat(self._fd).st_size
+        if size != self._end:
+            self._seq, self._prev = _read_tail(self._rfd, size, self.path)
+            self._end = size
+
+    def _break(self, why: str) -> AuditError:
+        self._broken = why
+        return AuditError(
+            f"audit log {self.path}: {why}; the log refuses further records "
+            f"(every operation that needs a record is refused)"
+        )
+
+    def _usable(self) -> None:
+        if self._closed:
+            raise AuditError(f"audit log {self.path} is closed")
+        if self._broken is not None:
+            raise AuditError(f"audit log {self.path} is broken ({self._broken}); refusing")
+
+    # -- the public interface
+
+    @property
+    def broken(self) -> str | None:
+        """Why the log refuses records, or None while it works."""
+        return self._broken
+
+    def append(self, kind: str, **fields: Any) -> int:
+        """Build and buffer one record; return its seq. Not durable until commit()."""
+        with self._mutex:
+            self._usable()
+            if not self._flocked:
+                self._lock_file()
+                try:
+                    self._sync_tail()
+                except AuditError as e:
+                    self._unlock_file()
+                    raise self._break(str(e)) from None
+                except OSError as e:
+                    self._unlock_file()
+                    raise self._break(f"cannot read the tail: {e.strerror}") from None
+            try:
+                line = build_line(self._seq + 1, kind, self.agent, fields, self._prev)
+            except ValueError:
+                if not self._buffer:
+                    self._unlock_file()
+                raise
+            self._buffer.append(line + b"\n")
+            self._seq += 1
+            self._prev = _line_hash(line)
+            return self._seq
+
+    def commit(self) -> None:
+        """Write every buffered record and fdatasync; AuditError (log broken) on failure."""
+        with self._mutex:
+            self._usable()
+            self._commit_locked()
+
+    def _commit_locked(self) -> None:
+        if not self._buffer:
+            return
+        lines, self._buffer = self._buffer, []
+        try:
+            for chunk in _chunks(lines, MAX_WRITE):
+                view = memoryview(chunk)
+                while view:
+                    n = os.write(self._fd, view)
+                    if n <= 0:
+                        raise OSError(errno.EIO, "write() wrote nothing")
+                    view = view[n:]
+                    self._end = -1  # the file changed; our size bookkeeping is void
+            os.fdatasync(self._fd)
+            self._end = os.fstat(self._fd).st_size
+        except OSError as e:
+            self._unlock_file_quietly()
+            raise self._break(f"commit failed: {e.strerror or e}") from None
+        self._unlock_file()
+
+    def _unlock_file_quietly(self) -> None:
+        if self._flocked:
+            self._flocked = False
+            # The log is broken already; closing the fd drops the lock anyway.
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def record(self, kind: str, **fields: Any) -> int:
+        """append() and commit(): the record is durable when this returns."""
+        seq = self.append(kind, **fields)
+        self.commit()
+        return seq
+
+    def close(self) -> None:
+        """Commit what is buffered (if the log works), then close."""
+        with self._mutex:
+            if self._closed:
+                return
+            try:
+                if self._broken is None:
+                    self._commit_locked()
+            finally:
+                self._release()
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _chunks(lines: list[bytes], bound: int) -> Iterator[bytes]:
+    """Concatenations of whole lines, each at most `bound` bytes (or one line if larger)."""
+    batch: list[bytes] = []
+    size = 0
+    for line in lines:
+        if batch and size + len(line) > bound:
+            yield b"".join(batch)
+            batch, size = [], 0
+        batch.append(line)
+        size += len(line)
+    if batch:
+        yield b"".join(batch)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes, bool]]:
+    """(line number, bytes without newline, had a newline), splitting on b"\\n" only."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if raw.endswith(b"\n"):
+                yield n, raw[:-1], True
+            else:
+                yield n, raw, False
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _check_record(record: dict[str, Any], n: int, prev: str) -> str | None:
+    """What is wrong with record `n` whose predecessor hashes to `prev`, or None."""
+    seq = record.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        return f"seq is {json.dumps(seq)}, expected {n}"
+    if seq != n:
+        return f"seq is {seq}, expected {n}"
+    if record.get("prev") != prev:
+        if n == 1:
+            return "prev is not 64 zeros (the first record)"
+        return f"prev does not match the hash of line {n - 1}"
+    for key in ("kind", "agent", "time"):
+        if not isinstance(record.get(key), str):
+            return f"field {key!r} is missing or not a string"
+    stamp = record["time"]
+    try:
+        parsed = datetime.fromisoformat(stamp)
+    except ValueError:
+        return f"time {stamp!r} is not RFC 3339"
+    if parsed.utcoffset() is None:
+        return f"time {stamp!r} has no time zone"
+    missing = _check_required(record["kind"], record.__contains__)
+    if missing is not None:
+        return f"{record['kind']} record without field {missing}"
+    return None
+
+
+def verify(path: str | os.PathLike[str]) -> VerifyResult:
+    """Recompute the chain; report the first bad line precisely."""
+    prev, count = ZERO_HASH, 0
+
+    def bad(n: int, why: str) -> VerifyResult:
+        return VerifyResult(False, count, n, f"line {n}: {why}", prev)
+
+    try:
+        for n, line, complete in _lines(path):
+            if not complete:
+                return bad(n, "truncated (no newline at end of file)")
+            record = _parse(line)
+            if record is None:
+                return bad(n, "not valid JSON" if line.strip() else "empty line")
+            why = _check_record(record, n, prev)
+            if why is not None:
+                return bad(n, why)
+            prev, count = _line_hash(line), count + 1
+    except OSError as e:
+        return VerifyResult(False, count, None, f"cannot read: {e.strerror or e}", prev)
+    return VerifyResult(True, count, None, f"{count} records, chain intact", prev)
+
+
+def _records(path: str | os.PathLike[str]) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    for n, line, complete in _lines(path):
+        record = _parse(line) if complete else None
+        if record is None:
+            why = "truncated (no newline at end of file)" if not complete else "not valid JSON"
+            raise AuditError(f"{os.fspath(path)}:{n}: {why}")
+        yield line, record
+
+
+def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """The records in order (parsed only, the chain is not checked: use verify)."""
+    for _, record in _records(path):
+        yield record
+
+
+# ---------------------------------------------------------------------------- show
+
+
+def _safe(text: str) -> str:
+    """One terminal-safe line: agent-chosen strings cannot move the cursor or reorder text."""
+    return "".join(
+        (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs")
+        else c
+        for c in text
+    )
+
+
+def _compact(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        return " ".join(f"{k}:{_compact(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return " ".join(_compact(v) for v in value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _sum_start(r: Mapping[str, Any]) -> str:
+    command = r.get("command")
+    cmd = shlex.join(map(str, command)) if isinstance(command, list) else _compact(command)
+    sha = str(r.get("policy_sha256") or "-")[:12]
+    return f"{cmd}  policy={_compact(r.get('policy'))} ({sha})  enforced: " + _compact(
+        r.get("enforced")
+    )
+
+
+def _sum_lock(r: Mapping[str, Any]) -> str:
+    return f"pledge '{_compact(r.get('pledge'))}'  unveil {_compact(r.get('unveil'))}"
+
+
+def _sum_violation(r: Mapping[str, Any]) -> str:
+    args = r.get("args")
+    shown = ", ".join(map(_compact, args)) if isinstance(args, list) else _compact(args)
+    promise = r.get("promise")
+    need = f"needs '{promise}'" if promise is not None else "is never allowed"
+    return f"{_compact(r.get('syscall'))}({shown}) {need} -> {_compact(r.get('action'))}"
+
+
+def _sum_op(r: Mapping[str, Any]) -> str:
+    target = r.get("path") if r.get("path") is not None else r.get("url")
+    text = f"{_compact(r.get('op'))} {_compact(r.get('resource'))}:{_compact(target)}"
+    text += f" {_compact(r.get('decision'))}"
+    reason = r.get("reason")
+    return f"{text} ({_compact(reason)})" if reason else text
+
+
+def _sum_exit(r: Mapping[str, Any]) -> str:
+    sig = r.get("signal")
+    if sig is None:
+        return f"status {_compact(r.get('status'))}"
+    try:
+        name = signal.Signals(sig).name if isinstance(sig, int) else str(sig)
+    except ValueError:
+        name = "?"
+    return f"signal {sig} ({name})"
+
+
+def _sum_other(r: Mapping[str, Any]) -> str:
+    rest = {k: v for k, v in r.items() if k not in (*RESERVED_KEYS, "pid")}
+    return json.dumps(rest, ensure_ascii=False, separators=(",", ":"))
+
+
+SUMMARIES: Mapping[str, Callable[[Mapping[str, Any]], str]] = MappingProxyType(
+    {
+        "start": _sum_start,
+        "lock": _sum_lock,
+        "violation": _sum_violation,
+        "op": _sum_op,
+        "exit": _sum_exit,
+    }
+)
+SHOW_COLUMNS = ("SEQ", "TIME", "AGENT", "KIND", "PID", "SUMMARY")
+
+
+def format_show(
+    path: str | os.PathLike[str],
+    agent: str | None = None,
+    kind: str | None = None,
+    as_json: bool = False,
+) -> str:
+    """The records of `path` matching agent and kind: an aligned table, or JSON Lines.
+
+    Raises AuditError at the first line that is not a record (after nothing is shown).
+    """
+    out: list[str] = []
+    rows: list[tuple[str, ...]] = []
+    for line, r in _records(path):
+        if (agent is not None and r.get("agent") != agent) or (
+            kind is not None and r.get("kind") != kind
+        ):
+            continue
+        if as_json:
+            out.append(line.decode("utf-8"))
+            continue
+        summary = SUMMARIES.get(str(r.get("kind")), _sum_other)(r)
+        cells = (r.get("seq"), r.get("time"), r.get("agent"), r.get("kind"), r.get("pid"))
+        rows.append((*(_safe("-" if c is None else str(c)) for c in cells), _safe(summary)))
+    if as_json:
+        return "".join(f"{line}\n" for line in out)
+    table = [SHOW_COLUMNS, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(SHOW_COLUMNS) - 1)]
+
+    def render(row: tuple[str, ...]) -> str:
+        middle = [c.ljust(w) for c, w in zip(row[1:-1], widths[1:], strict=True)]
+        return "  ".join([row[0].rjust(widths[0]), *middle, row[-1]]) + "\n"
+
+    return "".join(render(row) for row in table)
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def verify_cli(path: str | os.PathLike[str]) -> int:
+    """`sandbox audit verify LOG`: 0 and a summary on stdout, or 1 and LOG:LINE: message."""
+    name = os.fspath(path)
+    result = verify(path)
+    if result.ok:
+        print(f"{name}: {result.message}; head {result.head}")
+        return 0
+    if result.first_bad_line is None:
+        print(f"{name}: {result.message}", file=sys.stderr)
+    else:
+        why = result.message.removeprefix(f"line {result.first_bad_line}: ")
+        print(f"{name}:{result.first_bad_line}: {why}", file=sys.stderr)
+    return 1
+
+
+def show_cli(
+    path: str | os.PathLike[str],
+    agent: str | None = None,
+    kind: str | None = None,
+    as_json: bool = False,
+) -> int:
+    """`sandbox audit show LOG [--agent NAME] [--kind KIND] [--json]`."""
+    try:
+        text = format_show(path, agent, kind, as_json)
+    except AuditError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"{os.fspath(path)}: cannot read: {e.strerror or e}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0

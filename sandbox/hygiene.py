@@ -1,0 +1,157 @@
+"""Process hygiene applied in the child before the lock: the steps that need no policy logic.
+
+Each function does one thing and raises SetupError (fail closed) when it cannot. The order
+is fixed by sandbox.launcher: rlimits, mounts, user, descriptors, no_new_privs,
+capabilities, then Landlock and seccomp (last, because they may forbid what the others need).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pwd
+import resource
+import signal
+from collections.abc import Sequence
+
+from sandbox.errors import SetupError
+
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+PR_SET_SECUREBITS = 28
+PR_CAPBSET_DROP = 24
+# SECBIT_NOROOT, NO_SETUID_FIXUP, KEEP_CAPS_LOCKED, NO_CAP_AMBIENT_RAISE and their locks:
+# root regains nothing through exec or setuid, and nobody can undo it.
+SECUREBITS_LOCKED = 0x01 | 0x02 | 0x04 | 0x08 | 0x10 | 0x20 | 0x40 | 0x80
+CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
+
+SYS_CLOSE_RANGE = 436
+SYS_CAPSET = 126
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.syscall.restype = ctypes.c_long
+
+
+def _prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "") -> int:
+    res = int(_libc.prctl(option, arg2, arg3, 0, 0))
+    if res < 0:
+        err = ctypes.get_errno()
+        raise SetupError(f"prctl({what or option}): {os.strerror(err)}")
+    return res
+
+
+def set_parent_death_signal(expected_parent: int) -> None:
+    """Die with the launcher: a parentless agent would run unsupervised."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="PR_SET_PDEATHSIG")
+    if os.getppid() != expected_parent:
+        os._exit(137)  # the launcher died before the signal was armed
+
+
+def set_no_new_privs() -> None:
+    _prctl(PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
+
+
+def no_new_privs() -> bool:
+    return _prctl(PR_GET_NO_NEW_PRIVS, what="PR_GET_NO_NEW_PRIVS") == 1
+
+
+# Policy limit name -> (rlimit resource). Memory and processes are cgroup matters, see cgroup.py.
+RLIMITS = {
+    "cpu": resource.RLIMIT_CPU,
+    "files": resource.RLIMIT_NOFILE,
+    "file_size": resource.RLIMIT_FSIZE,
+}
+
+
+def set_rlimits(values: Sequence[tuple[int, int]]) -> None:
+    """(resource, value) pairs; soft = hard, so the agent cannot raise them back."""
+    for res, value in values:
+        try:
+            resource.setrlimit(res, (value, value))
+        except (OSError, ValueError) as e:
+            raise SetupError(f"setrlimit({res}, {value}): {e}") from e
+    # No core dumps: a core would write the agent's memory (secrets it was handed) to disk.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def switch_user(name: str) -> None:
+    """Become `name` (needs root): groups, gid, then uid, all three ids of each."""
+    try:
+        pw = pwd.getpwnam(name) if not name.isdigit() else pwd.getpwuid(int(name))
+    except KeyError as e:
+        raise SetupError(f"user {name!r} does not exist") from e
+    try:
+        os.setgroups([])
+        os.setresgid(pw.pw_gid, pw.pw_gid, pw.pw_gid)
+        os.setresuid(pw.pw_uid, pw.pw_uid, pw.pw_uid)
+    except OSError as e:
+        raise SetupError(f"cannot switch to user {name!r}: {e.strerror}") from e
+    if os.getresuid() != (pw.pw_uid,) * 3 or os.getresgid() != (pw.pw_gid,) * 3:
+        raise SetupError(f"user switch to {name!r} did not take")
+
+
+def close_fds_from(lowest: int) -> None:
+    """Close every descriptor >= lowest: an inherited fd is a capability nobody declared."""
+    res = _libc.syscall(SYS_CLOSE_RANGE, ctypes.c_uint(lowest), ctypes.c_uint(0xFFFFFFFF), 0)
+    if res < 0:
+        os.closerange(lowest, 1 << 20)
+
+
+def drop_capabilities() -> None:
+    """Empty every capability set, for root too, and lock the securebits.
+
+    Order matters: the bounding set and securebits need CAP_SETPCAP, so they go first,
+    the effective/permitted/inheritable sets last.
+    """
+    try:
+        with open(CAP_LAST_CAP_FILE, encoding="ascii") as f:
+            last = int(f.read())
+    except OSError:
+        last = 63
+    have_setpcap = os.geteuid() == 0 or _has_cap_effective(8)
+    if have_setpcap:
+        for cap in range(last + 1):
+            if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
+                err = ctypes.get_errno()
+                if err != 22:  # EINVAL: not a capability on this kernel
+                    raise SetupError(f"cannot drop capability {cap} from the bounding set: {os.strerror(err)}")
+        _prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED, what="PR_SET_SECUREBITS")
+    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, what="PR_CAP_AMBIENT_CLEAR_ALL")
+    _capset_empty()
+    if _has_any_cap():
+        raise SetupError("capabilities remain after dropping them")
+
+
+def _cap_line(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def _has_cap_effective(cap: int) -> bool:
+    return bool(_cap_line("CapEff") >> cap & 1)
+
+
+def _has_any_cap() -> bool:
+    return any(_cap_line(f) for f in ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb"))
+
+
+def _capset_empty() -> None:
+    # struct __user_cap_header_struct {u32 version; int pid}; version 3 has two data words.
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+    data = (ctypes.c_uint32 * 6)()
+    if _libc.syscall(SYS_CAPSET, header, data) < 0:
+        err = ctypes.get_errno()
+        raise SetupError(f"capset: {os.strerror(err)}")
+
+
+def set_not_dumpable() -> None:
+    """Other processes of the same uid may not ptrace or read /proc/PID/mem of the agent."""
+    _prctl(PR_SET_DUMPABLE, 0, what="PR_SET_DUMPABLE")

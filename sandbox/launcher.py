@@ -1,0 +1,474 @@
+"""The launcher: fork, lock the child, exec the command, supervise it from one event loop.
+
+Parent                                  Child (runs only launcher code until the exec)
+------                                  -----
+load policy, compile plan, open log
+socketpair (SEQPACKET), fork  ───────►  pdeathsig, wait for "go"
+cgroup add, start record, "go" ──────►  rlimits, noexec mounts, user, fds, no_new_privs,
+                                        capabilities, Landlock, seccomp (with listener)
+receive listener fd  ◄─────────────────  send listener fd over the broker socket, close it
+answer the exec with CONTINUE  ◄───────  execve(command)  (notified: exec is always routed)
+event loop: notifications, broker requests, pidfd (exit), wall clock, signals
+
+The exec of the command itself therefore needs no 'exec' promise: it is the one call the
+parent lets through before the program exists, and every later exec is decided by policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import selectors
+import shutil
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sandbox import cgroup, hygiene, landlock, lockgate, mounts, seccomp, wire
+from sandbox.audit import AuditError, AuditLog
+from sandbox.broker import Broker
+from sandbox.errors import SetupError
+from sandbox.kernel import Features, probe
+from sandbox.model import Policy
+from sandbox.plan import Plan, check_enforceable, compile_plan, seccomp_rules
+from sandbox.promises import rules_for
+from sandbox.rules import Rule
+from sandbox.supervisor import Supervisor
+
+INIT_EXEC_RULES = (Rule("execve"), Rule("execveat"))
+
+VIOLATION_EXIT = 128 + signal.SIGSYS  # 159
+HANDSHAKE_TIMEOUT = 30.0
+
+
+@dataclass
+class RunResult:
+    status: int  # what `sandbox run` exits with
+    pid: int
+    reason: str = ""
+
+
+def resolve_command(command: Sequence[str], env: Mapping[str, str]) -> str:
+    if not command:
+        raise SetupError("no command: give one after -- or set `command` in the policy")
+    prog = command[0]
+    if "/" in prog:
+        return os.path.abspath(prog)
+    found = shutil.which(prog, path=env.get("PATH", os.defpath))
+    if not found:
+        raise SetupError(f"{prog}: command not found in PATH={env.get('PATH', os.defpath)}")
+    return found
+
+
+def run(
+    policy: Policy,
+    command: Sequence[str] | None,
+    audit_path: str,
+    *,
+    environ: Mapping[str, str] | None = None,
+    feats: Features | None = None,
+) -> RunResult:
+    feats = probe() if feats is None else feats
+    plan = compile_plan(policy, feats, environ)
+    check_enforceable(plan)
+    argv = list(command) if command else list(policy.command)
+    path = resolve_command(argv, plan.env)
+    try:
+        audit = AuditLog(audit_path, policy.name)
+    except (AuditError, OSError) as e:
+        raise SetupError(f"audit log {audit_path}: {e}") from e
+    with audit:
+        return _run(plan, path, argv, audit, feats)
+
+
+def _run(plan: Plan, path: str, argv: list[str], audit: AuditLog, feats: Features) -> RunResult:
+    policy = plan.policy
+    cg = None
+    if plan.cgroup_memory is not None or plan.cgroup_processes is not None or feats.root:
+        try:
+            cg = cgroup.create(policy.name, plan.cgroup_memory, plan.cgroup_processes, feats)
+        except SetupError:
+            if plan.cgroup_memory is not None or plan.cgroup_processes is not None:
+                raise
+            cg = None  # only used to find stragglers; the process group serves then
+    # The child locks Landlock before it builds its seccomp filter: everything it needs
+    # from disk (libseccomp, the modules it imports) must be loaded now, in the parent.
+    seccomp.preload()
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    launcher_pid = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, reported through the socket
+        parent_sock.close()
+        _child(plan, path, argv, child_sock, launcher_pid)
+    child_sock.close()
+    try:
+        return _supervise(plan, path, argv, audit, cg, parent_sock, pid)
+    finally:
+        if cg is not None:
+            cg.remove()
+        parent_sock.close()
+
+
+def _kill_tree(cg: cgroup.Cgroup | None, pid: int) -> None:
+    if cg is not None:
+        cg.kill_all()
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _supervise(
+    plan: Plan,
+    path: str,
+    argv: list[str],
+    audit: AuditLog,
+    cg: cgroup.Cgroup | None,
+    sock: socket.socket,
+    pid: int,
+) -> RunResult:
+    policy = plan.policy
+    pidfd = os.pidfd_open(pid)
+    try:
+        if cg is not None:
+            cg.add(pid)
+        audit.record(
+            "start",
+            pid=pid,
+            policy=policy.source,
+            policy_sha256=policy.sha256,
+            command=[path, *argv[1:]],
+            enforced=plan.enforced(),
+        )
+    except (OSError, AuditError) as e:
+        _kill_tree(cg, pid)
+        os.waitpid(pid, 0)
+        os.close(pidfd)
+        raise SetupError(f"cannot start {policy.name}: {e}") from e
+    sock.send(b"go")
+    sup = Supervisor(plan=plan, audit=audit, agent_pid=pid, kill_tree=lambda: _kill_tree(cg, pid))
+    try:
+        listener = _handshake(sock, pid, plan)
+    except SetupError as e:
+        _kill_tree(cg, pid)
+        _, status = os.waitpid(pid, 0)
+        os.close(pidfd)
+        _record_exit(audit, pid, status, str(e))
+        raise
+    sup.listener = listener if listener is not None else -1
+    try:
+        return _loop(plan, audit, sup, cg, sock, pid, pidfd)
+    finally:
+        os.close(pidfd)
+        if listener is not None:
+            os.close(listener)
+
+
+def _handshake(sock: socket.socket, pid: int, plan: Plan) -> int | None:
+    """Wait for the child's listener fd (or its setup error) before anything else."""
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    try:
+        if not sel.select(HANDSHAKE_TIMEOUT):
+            raise SetupError("the child did not finish its set-up in time")
+    finally:
+        sel.close()
+    try:
+        msg, fd = wire.recv(sock)
+    except (wire.WireError, OSError) as e:
+        raise SetupError(f"set-up failed in the child: {e}") from e
+    op = msg.get("op")
+    if op == "setup-error":
+        if fd is not None:
+            os.close(fd)
+        raise SetupError(str(msg.get("message", "unknown error")))
+    if op == "listener" and plan.user_notif and fd is not None:
+        return fd
+    if op == "ready" and (not plan.user_notif or plan.policy.lock == "agent"):
+        return None
+    if fd is not None:
+        os.close(fd)
+    raise SetupError(f"unexpected message from the child during set-up: {op!r}")
+
+
+def _record_exit(audit: AuditLog, pid: int, status: int, reason: str = "") -> None:
+    fields: dict[str, object] = {"pid": pid}
+    if os.WIFSIGNALED(status):
+        fields["signal"] = os.WTERMSIG(status)
+    else:
+        fields["status"] = os.waitstatus_to_exitcode(status)
+    if reason:
+        fields["reason"] = reason
+    with contextlib.suppress(AuditError):
+        audit.record("exit", **fields)
+
+
+def _loop(
+    plan: Plan,
+    audit: AuditLog,
+    sup: Supervisor,
+    cg: cgroup.Cgroup | None,
+    sock: socket.socket,
+    pid: int,
+    pidfd: int,
+) -> RunResult:
+    policy = plan.policy
+    sock.setblocking(False)
+    broker = Broker(sock, policy, audit, pid, os.environ)
+    sel = selectors.DefaultSelector()
+    sel.register(pidfd, selectors.EVENT_READ, "exit")
+    sel.register(sock, selectors.EVENT_READ, "broker")
+    if sup.listener >= 0:
+        sel.register(sup.listener, selectors.EVENT_READ, "notify")
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    sel.register(wake_r, selectors.EVENT_READ, "signal")
+    old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    # The terminal's ^C and ^\ reach the agent directly (same process group); the launcher
+    # outlives them to record the exit. TERM and HUP to the launcher end the agent.
+    old_handlers = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)}
+    now = time.monotonic()
+    deadline = now + policy.limits.wall if policy.limits.wall else None
+    gate = _LockGate(plan, audit, sup, sel, pid) if policy.lock == "agent" else None
+    if gate is not None:
+        broker.register("lock", gate.handle)
+        sup.exec_done = True  # no launcher code runs after the exec in this mode
+    init_deadline = now + policy.init_timeout if gate is not None else None
+    reason = ""
+    try:
+        while True:
+            pending = [d for d in (deadline, init_deadline) if d is not None]
+            timeout = None if not pending else max(0.0, min(pending) - time.monotonic())
+            events = sel.select(timeout)
+            now = time.monotonic()
+            if init_deadline is not None and (gate is None or gate.locked):
+                init_deadline = None
+            if init_deadline is not None and now >= init_deadline:
+                reason = f"did not lock within init.timeout of {policy.init_timeout:g}s"
+                with contextlib.suppress(AuditError):
+                    audit.record("lock", pid=pid, pledge=None, unveil=None, decision="deny", reason=reason)
+                print(f"sandbox: {policy.name}[{pid}]: {reason}", file=sys.stderr)
+                sup.killed_for_violation = True
+                _kill_tree(cg, pid)
+                init_deadline = None
+            if deadline is not None and now >= deadline:
+                reason = f"wall-clock limit of {policy.limits.wall:g}s reached"
+                print(f"sandbox: {policy.name}[{pid}]: {reason}", file=sys.stderr)
+                _kill_tree(cg, pid)
+                deadline = None
+            for key, _ in events:
+                if key.data == "notify":
+                    if not sup.on_listener_readable():
+                        sel.unregister(sup.listener)
+                elif key.data == "broker":
+                    if not broker.on_readable():
+                        sel.unregister(sock)
+                elif key.data == "signal":
+                    if _drain_signals(wake_r) & {signal.SIGTERM, signal.SIGHUP}:
+                        reason = "launcher received a termination signal"
+                        _kill_tree(cg, pid)
+                elif key.data == "exit":
+                    _, status = os.waitpid(pid, 0)
+                    # The agent is done: nothing it started may outlive it.
+                    _kill_tree(cg, pid)
+                    return _finish(plan, audit, sup, cg, pid, status, reason)
+    finally:
+        signal.set_wakeup_fd(old_wakeup)
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        sel.close()
+        wake_r.close()
+        wake_w.close()
+        broker.close()
+
+
+class _LockGate:
+    """The broker op "lock" (lock: agent): check, record, then take the listener."""
+
+    def __init__(self, plan: Plan, audit: AuditLog, sup: Supervisor, sel: selectors.BaseSelector, pid: int) -> None:
+        self.plan, self.audit, self.sup, self.sel, self.pid = plan, audit, sup, sel, pid
+        self.locked = False
+
+    def handle(self, request: dict[str, Any], fd: int | None) -> tuple[dict[str, Any], int | None]:
+        policy = self.plan.policy
+        try:
+            decl = lockgate.parse(request)
+            lockgate.check(policy if not self.locked else self.sup.plan.policy, decl)
+            if not self.locked and self.plan.user_notif and fd is None:
+                raise lockgate.Refused("the first lock must hand over the seccomp listener")
+        except lockgate.Refused as e:
+            if fd is not None:
+                os.close(fd)
+            with contextlib.suppress(AuditError):
+                self.audit.record(
+                    "lock", pid=self.pid, pledge=request.get("pledge"), unveil=request.get("unveil"),
+                    decision="deny", reason=str(e),
+                )
+            print(f"sandbox: {policy.name}[{self.pid}]: lock refused: {e}", file=sys.stderr)
+            self.sup.killed_for_violation = True
+            self.sup.kill_tree()
+            raise PermissionError(f"lock refused: {e}") from None
+        fields = {
+            "pid": self.pid,
+            "pledge": " ".join(sorted([*decl.pledge, *(f"{r}:{x}" for r, x in decl.capabilities)])),
+            "unveil": {u.path: "".join(sorted(u.perms)) for u in decl.unveil},
+            "execpromises": None if decl.execpromises is None else " ".join(sorted(decl.execpromises)),
+        }
+        try:
+            self.audit.record("lock", **fields)
+        except AuditError:
+            if fd is not None:
+                os.close(fd)
+            self.sup.killed_for_violation = True
+            self.sup.kill_tree()
+            raise
+        narrowed = lockgate.narrowed_policy(policy, decl)
+        self.sup.plan = replace(self.sup.plan, policy=narrowed, rules=seccomp_rules(decl.pledge, decl.execpromises))
+        if fd is not None:
+            if self.locked:
+                os.close(fd)  # one listener per filter chain; later locks only narrow
+            else:
+                self.sup.listener = fd
+                self.sel.register(fd, selectors.EVENT_READ, "notify")
+        self.locked = True
+        return {"locked": True}, None
+
+
+def _drain_signals(sock: socket.socket) -> set[int]:
+    got: set[int] = set()
+    with contextlib.suppress(BlockingIOError):
+        while data := sock.recv(64):
+            got.update(data)
+    return got
+
+
+def _finish(
+    plan: Plan, audit: AuditLog, sup: Supervisor, cg: cgroup.Cgroup | None, pid: int, status: int, reason: str
+) -> RunResult:
+    if not reason and cg is not None and plan.cgroup_memory is not None and cg.memory_events():
+        reason = f"memory limit of {plan.cgroup_memory} bytes reached"
+        print(f"sandbox: {plan.policy.name}[{pid}]: {reason}", file=sys.stderr)
+    _record_exit(audit, pid, status, reason)
+    if sup.killed_for_violation:
+        return RunResult(VIOLATION_EXIT, pid, "violation")
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == signal.SIGSYS and not reason:
+            print(
+                f"sandbox: {plan.policy.name}[{pid}]: killed by the kernel (SIGSYS): a system call "
+                "of a foreign architecture or ABI (x32, int 0x80)",
+                file=sys.stderr,
+            )
+        return RunResult(128 + sig, pid, reason)
+    return RunResult(os.waitstatus_to_exitcode(status), pid, reason)
+
+
+# --------------------------------------------------------------------------- the child
+
+
+def _child(plan: Plan, path: str, argv: list[str], sock: socket.socket, launcher_pid: int) -> None:
+    """Lock this process and exec the command. Never returns."""
+    try:
+        hygiene.set_parent_death_signal(launcher_pid)
+        sock.settimeout(HANDSHAKE_TIMEOUT)
+        if sock.recv(16) != b"go":
+            os._exit(3)
+        sock.settimeout(None)  # blocking again: the agent inherits this descriptor
+        _lock_child(plan, sock)
+        os.execve(path, argv, dict(plan.env))
+    except SetupError as e:
+        _report(sock, str(e))
+    except OSError as e:
+        _report(sock, f"{path}: {e.strerror}" if e.filename is None else str(e))
+    except BaseException as e:  # the child must never fall back into the launcher's code
+        _report(sock, f"internal error in the child: {e!r}\n{traceback.format_exc()}")
+    os._exit(3)
+
+
+def _report(sock: socket.socket, message: str) -> None:
+    """Tell the parent why set-up failed, with nothing but a sendmsg on the broker fd: after
+    the lock that is the one call the filter allows whatever the pledge (no dup, no open)."""
+    with contextlib.suppress(BaseException):
+        fd = sock.fileno() if sock.fileno() >= 0 else wire.BROKER_FD
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=fd)
+        try:
+            wire.send(s, {"id": 0, "op": "setup-error", "message": message})
+        finally:
+            s.detach()
+
+
+def _lock_child(plan: Plan, sock: socket.socket) -> None:
+    policy = plan.policy
+    hygiene.set_rlimits(plan.rlimits)
+    mounts.make_noexec(plan.noexec)
+    if policy.lock == "agent":
+        _prepare_agent_init(plan, sock)
+        return
+    if policy.user is not None:
+        hygiene.switch_user(policy.user)
+    _place_channel(sock)
+    hygiene.set_no_new_privs()
+    hygiene.drop_capabilities()
+    if plan.landlock is not None:
+        landlock.apply(plan.landlock)
+    filt = seccomp.build_filter(
+        plan.rules,
+        violation="notify" if plan.user_notif else _KERNEL_ACTION[policy.violation],
+        self_pid=os.getpid(),
+        never_action="notify" if plan.user_notif else "kill",
+    )
+    channel = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=wire.BROKER_FD)
+    listener = seccomp.install(filt, listener=plan.user_notif)
+    if listener is None:
+        wire.send(channel, {"id": 0, "op": "ready"})
+    else:
+        # The listener must not stay in the agent: whoever holds it answers for the filter.
+        wire.send(channel, {"id": 0, "op": "listener"}, fd=listener)
+        os.close(listener)
+    channel.detach()
+
+
+_KERNEL_ACTION: dict[str, seccomp.ViolationAction] = {"kill": "kill", "errno": "errno", "log": "log"}
+
+
+def _place_channel(sock: socket.socket) -> None:
+    fd = sock.detach()
+    if fd != wire.BROKER_FD:
+        os.dup2(fd, wire.BROKER_FD, inheritable=True)
+        os.close(fd)
+    else:
+        os.set_inheritable(fd, True)
+    hygiene.close_fds_from(wire.BROKER_FD + 1)
+
+
+def _prepare_agent_init(plan: Plan, sock: socket.socket) -> None:
+    """lock: agent: the hygiene now, the init bounds (init.pledge) if any, and the lock later,
+    by the agent itself through sandbox.pledge, which hands the listener to the parent."""
+    policy = plan.policy
+    if policy.user is not None:
+        hygiene.switch_user(policy.user)
+    _place_channel(sock)
+    hygiene.set_no_new_privs()
+    hygiene.drop_capabilities()
+    if policy.init_pledge is not None:
+        # A bound the kernel holds whatever the agent's init code does: no listener (the
+        # agent's own lock brings it), exec allowed for the command itself.
+        bound = [*rules_for(policy.init_pledge | {"unveil"}), *INIT_EXEC_RULES]
+        filt = seccomp.build_filter(bound, violation="kill", self_pid=os.getpid(), never_action="kill")
+        seccomp.install(filt, listener=False)
+    channel = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=wire.BROKER_FD)
+    wire.send(channel, {"id": 0, "op": "ready"})
+    channel.detach()
+
+
+def exit_status_for_error(e: BaseException) -> int:
+    if isinstance(e, OSError) and e.errno == errno.ENOENT:
+        return 127
+    return 3

@@ -1,0 +1,207 @@
+"""The parent's answers to seccomp notifications: violations, exec, execpromises, dns.
+
+The agent's filter sends to the parent (SECCOMP_RET_USER_NOTIF) every call its pledge does
+not allow, every exec, and the calls that need a decision the filter cannot make. The
+parent never answers "continue" to a call whose arguments it had to inspect in the agent's
+memory (that would race with the agent's other threads, see seccomp_unotify(2)); it either
+performs such a call itself (dns) or decides on facts the agent cannot change (the pid).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sandbox import seccomp
+from sandbox.audit import AuditError, AuditLog
+from sandbox.dnsproxy import DnsEmulator
+from sandbox.plan import EXEC_SYSCALLS, Plan
+from sandbox.promises import NEVER, promise_for
+from sandbox.rules import Arg, Rule
+from sandbox.syscalls import decode_args
+
+U64 = (1 << 64) - 1
+
+
+def _arg_holds(cond: Arg, args: tuple[int, ...] | list[int]) -> bool:
+    """One libseccomp comparison, on unsigned 64-bit values as the kernel passes them."""
+    v = args[cond.index] & U64
+    want = cond.value & U64
+    ops: dict[str, Callable[[], bool]] = {
+        "eq": lambda: v == want,
+        "ne": lambda: v != want,
+        "lt": lambda: v < want,
+        "le": lambda: v <= want,
+        "gt": lambda: v > want,
+        "ge": lambda: v >= want,
+        "masked_eq": lambda: (v & cond.mask) == want,
+    }
+    return ops[cond.op]()
+
+
+def matching_handler(rules: tuple[Rule, ...], name: str, args: list[int]) -> str | None:
+    for rule in rules:
+        if rule.action == "notify" and rule.syscall == name and all(_arg_holds(a, args) for a in rule.args):
+            return rule.handler
+    return None
+
+
+def _status_field(pid: int, key: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+@dataclass
+class Supervisor:
+    plan: Plan
+    audit: AuditLog
+    agent_pid: int
+    kill_tree: Callable[[], None]
+    listener: int = -1
+    exec_done: bool = False  # the launcher's own exec of the command has happened
+    killed_for_violation: bool = False
+    execd: set[int] = field(default_factory=set)  # tgids that exec'd (execpromises apply)
+    dns: DnsEmulator | None = None
+
+    def __post_init__(self) -> None:
+        if "dns" in self.plan.policy.pledge:
+            self.dns = DnsEmulator()
+
+    @property
+    def name(self) -> str:
+        return self.plan.policy.name
+
+    def on_listener_readable(self) -> bool:
+        """Handle one notification; False when the listener is gone (every user exited)."""
+        try:
+            n = seccomp.recv_notification(self.listener)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
+                return True  # the caller died or was interrupted before we read it
+            return False
+        if n is not None:
+            self.decide(n)
+        return True
+
+    def decide(self, n: seccomp.Notification) -> None:
+        name = seccomp.syscall_name(n.nr)
+        args = list(n.args)
+        if not self.exec_done and n.pid == self.agent_pid:
+            # Between the lock and the exec only the launcher's own code runs in the child.
+            if name in EXEC_SYSCALLS:
+                self.exec_done = True
+                self._lock_record(n.pid)
+            seccomp.respond(self.listener, n.id, continue_=True)
+            return
+        if name in EXEC_SYSCALLS:
+            if "exec" in self.plan.policy.pledge:
+                if self.plan.policy.execpromises is not None:
+                    tgid = _status_field(n.pid, "Tgid") or n.pid
+                    self.execd.add(tgid)  # before the exec runs: fail closed if it fails
+                seccomp.respond(self.listener, n.id, continue_=True)
+                return
+            self.violation(n, name, args, "exec")
+            return
+        handler = matching_handler(self.plan.rules, name, args)
+        if handler == "execpromises":
+            if self._under_execpromises(n.pid):
+                self.violation(n, name, args, promise_for(name, args), note="not in execpromises")
+            else:
+                seccomp.respond(self.listener, n.id, continue_=True)
+            return
+        if handler == "dns" and self.dns is not None:
+            self._emulate_dns(n, name, args)
+            return
+        if name in NEVER:
+            self.violation(n, name, args, None)
+            return
+        self.violation(n, name, args, promise_for(name, args))
+
+    def _lock_record(self, pid: int) -> None:
+        pol = self.plan.policy
+        try:
+            self.audit.record(
+                "lock",
+                pid=pid,
+                pledge=pol.promise_string(),
+                unveil={u.path: "".join(sorted(u.perms)) for u in self.plan.unveils},
+            )
+        except AuditError:
+            pass  # the start record already failed closed if the log was unusable
+
+    def _under_execpromises(self, tid: int) -> bool:
+        """Has this process, or an ancestor below the agent, exec'd since the lock?
+
+        Unknown lineage (a process reparented away, /proc unreadable) counts as exec'd:
+        the stricter answer.
+        """
+        pid = _status_field(tid, "Tgid") or tid
+        for _ in range(4096):
+            if pid in self.execd:
+                return True
+            if pid == self.agent_pid:
+                return False
+            parent = _status_field(pid, "PPid")
+            if not parent or parent == os.getpid() or parent == 1:
+                return True
+            pid = parent
+        return True
+
+    def _emulate_dns(self, n: seccomp.Notification, name: str, args: list[int]) -> None:
+        assert self.dns is not None
+        result = self.dns.perform(n.pid, name, args)
+        if result.allowed:
+            if not seccomp.id_valid(self.listener, n.id):
+                return
+            seccomp.respond(self.listener, n.id, val=result.value, error=result.error)
+            return
+        self.violation(n, name, args, "inet", note=result.reason)
+
+    def violation(
+        self,
+        n: seccomp.Notification,
+        name: str,
+        args: list[int],
+        promise: str | None,
+        note: str | None = None,
+    ) -> None:
+        pol = self.plan.policy
+        never = promise is None
+        action = "kill" if never else pol.violation
+        call = decode_args(name, args, pid=n.pid)  # "name(a, b, ...)"
+        fields = {
+            "pid": n.pid,
+            "syscall": name,
+            "args": call[len(name) + 1 : -1] if call.startswith(name + "(") else call,
+            "promise": promise,
+            "action": action,
+        }
+        if note:
+            fields["note"] = note
+        try:
+            self.audit.record("violation", **fields)
+        except AuditError as e:
+            # Write-ahead: an unrecorded refusal must not let anything through.
+            print(f"sandbox: audit log failed ({e}); ending {pol.name}", file=sys.stderr)
+            action = "kill"
+        if action == "kill":
+            what = "is never allowed" if never else f"needs '{promise}'"
+            if note:
+                what += f" ({note})"
+            print(f"sandbox: {pol.name}[{n.pid}]: pledge violation: {call} {what}", file=sys.stderr)
+            self.killed_for_violation = True
+            self.kill_tree()
+            return
+        if action == "errno":
+            seccomp.respond(self.listener, n.id, error=errno.EPERM)
+        else:  # log: learning mode, the call goes through (recorded above)
+            seccomp.respond(self.listener, n.id, continue_=True)

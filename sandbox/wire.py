@@ -1,0 +1,130 @@
+"""The broker channel's message format: one JSON object per SOCK_SEQPACKET message.
+
+A request is {"id": int, "op": str, ...}; a reply is {"id": int, "ok": true, ...} or
+{"id": int, "ok": false, "error": "<Python exception name>", "message": str}. At most one
+file descriptor rides along a message (SCM_RIGHTS). SEQPACKET keeps message boundaries, so
+there is no stream reassembly: a message is a frame, and a frame larger than MAX_FRAME is
+refused whole (the kernel tells us with MSG_TRUNC).
+
+Shared by the parent (sandbox.broker) and the agent (sandbox.client): keep it stdlib-only
+and cheap to import.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import json
+import os
+import socket
+from typing import Any
+
+BROKER_FD: int = 3  # the agent's end of the channel, placed here by the launcher
+BROKER_ENV = "SANDBOX_BROKER_FD"  # names that fd in the agent's environment
+
+MAX_FRAME = 64 * 1024  # bytes of one message, JSON included
+MAX_FDS = 1  # descriptors attached to one message
+_INT = array.array("i").itemsize
+# Room for exactly MAX_FDS descriptors: more set MSG_CTRUNC and the kernel drops the rest.
+_ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * _INT)
+
+
+class WireError(ValueError):
+    """A frame that is not a valid message. `id` is the request id when it was readable."""
+
+    def __init__(self, message: str, id: int | None = None) -> None:
+        super().__init__(message)
+        self.id = id
+
+
+class ChannelClosed(EOFError):
+    """The other end closed the channel."""
+
+
+def json_bytes(obj: dict[str, Any]) -> bytes:
+    """The JSON of a message, whatever its size (for payloads sent in a memfd)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    """Serialise one message; WireError if it would not fit in a frame."""
+    data = json_bytes(obj)
+    if len(data) > MAX_FRAME:
+        raise WireError(f"message of {len(data)} bytes is larger than {MAX_FRAME}")
+    return data
+
+
+def decode(data: bytes, *, reply: bool = False) -> dict[str, Any]:
+    """Parse one frame: a request (id + op) or, with reply=True, a reply (id + ok)."""
+    if len(data) > MAX_FRAME:
+        raise WireError(f"frame of {len(data)} bytes is larger than {MAX_FRAME}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise WireError(f"frame is not valid UTF-8 (byte {e.start})") from None
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
+        raise WireError(f"frame is not valid JSON ({e})") from None
+    except RecursionError:
+        raise WireError("frame is JSON nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise WireError(f"frame is a JSON {type(obj).__name__}, not an object")
+    ident = obj.get("id")
+    if not isinstance(ident, int) or isinstance(ident, bool) or not 0 <= ident < 2**63:
+        raise WireError("message has no integer 'id' (0 <= id < 2**63)")
+    if reply:
+        if not isinstance(obj.get("ok"), bool):
+            raise WireError("reply has no boolean 'ok'", ident)
+    elif not isinstance(obj.get("op"), str) or not obj["op"]:
+        raise WireError("request has no string 'op'", ident)
+    return obj
+
+
+def send(sock: socket.socket, obj: dict[str, Any], fd: int | None = None, flags: int = 0) -> None:
+    """Send one message, with at most one descriptor (the caller keeps its own copy)."""
+    data = encode(obj)
+    anc = []
+    if fd is not None:
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
+    n = sock.sendmsg([data], anc, flags)
+    if n != len(data):  # cannot happen with SEQPACKET, but never send half a message silently
+        raise WireError(f"short send ({n} of {len(data)} bytes)")
+
+
+def _take_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % _INT
+            fds.extend(array.array("i", payload[:usable]))
+    return fds
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):  # already gone; nothing else to do with it
+            os.close(fd)
+
+
+def recv(sock: socket.socket, *, reply: bool = False) -> tuple[dict[str, Any], int | None]:
+    """Receive one message and its descriptor (close-on-exec), or raise.
+
+    ChannelClosed at end of stream; BlockingIOError on a non-blocking socket with nothing
+    to read; WireError for a bad frame, after closing every descriptor it carried.
+    """
+    data, ancdata, msg_flags, _ = sock.recvmsg(MAX_FRAME, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC)
+    fds = _take_fds(ancdata)
+    if not data and not fds:
+        # A zero-length message reads the same as end of stream: treat both as closing.
+        raise ChannelClosed("the other end closed the channel")
+    try:
+        if msg_flags & socket.MSG_TRUNC:
+            raise WireError(f"frame larger than {MAX_FRAME} bytes")
+        if msg_flags & socket.MSG_CTRUNC or len(fds) > MAX_FDS:
+            raise WireError(f"more than {MAX_FDS} file descriptor attached to one message")
+        obj = decode(data, reply=reply)
+    except WireError:
+        _close_all(fds)
+        raise
+    return obj, (fds[0] if fds else None)
