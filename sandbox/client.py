@@ -39,7 +39,7 @@ ERRORS: dict[str, type[Exception]] = {
     "ConnectionError": ConnectionError,
     "OSError": OSError,
 }
-PIPELINE_WINDOW = 32  # requests in flight in pipeline(); keeps the parent's send buffer small
+PIPELINE_WINDOW = 64  # requests in flight in pipeline(); keeps the parent's send buffer small
 
 
 class Entry(NamedTuple):

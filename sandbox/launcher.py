@@ -242,6 +242,19 @@ def _loop(
         sup.exec_done = True  # no launcher code runs after the exec in this mode
     init_deadline = now + policy.init_timeout if gate is not None else None
     reason = ""
+    exec_error: list[str] = []
+
+    def on_exec_error(request: dict[str, Any], fd: int | None) -> tuple[dict[str, Any], int | None]:
+        # The child's exec failed after the lock (e.g. the program is not unveiled 'x').
+        # Anything can send this op, so it is printed once, escaped, and changes nothing.
+        if fd is not None:
+            os.close(fd)
+        if not exec_error and not gate:
+            exec_error.append(str(request.get("message", ""))[:500].encode("unicode_escape").decode())
+            print(f"sandbox: {policy.name}[{pid}]: {exec_error[0]}", file=sys.stderr)
+        return {}, None
+
+    broker.register("setup-error", on_exec_error)
     try:
         while True:
             pending = [d for d in (deadline, init_deadline) if d is not None]
@@ -386,7 +399,8 @@ def _child(plan: Plan, path: str, argv: list[str], sock: socket.socket, launcher
     except SetupError as e:
         _report(sock, str(e))
     except OSError as e:
-        _report(sock, f"{path}: {e.strerror}" if e.filename is None else str(e))
+        hint = " (is it unveiled with 'x'?)" if e.errno == errno.EACCES else ""
+        _report(sock, f"cannot execute {path}: {e.strerror}{hint}")
     except BaseException as e:  # the child must never fall back into the launcher's code
         _report(sock, f"internal error in the child: {e!r}\n{traceback.format_exc()}")
     os._exit(3)

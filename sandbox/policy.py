@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import yaml
 
 from sandbox import units
+from sandbox import pathsets
 from sandbox.errors import PolicyError, Problem, UsageError
 from sandbox.model import (
     DEFAULT_ENV_KEEP,
@@ -895,6 +896,13 @@ def _unveil(ctx: _Ctx, node: yaml.Node) -> tuple[Unveil, ...]:
             perms = _perms(ctx, value_node, raw)
         if path is None:
             continue
+        if path.startswith("@"):
+            expanded = pathsets.expand(path)
+            if expanded is None:
+                ctx.error(key_node, f"unknown path set '{path}' (known: {', '.join(sorted(pathsets.PATH_SETS))})")
+            elif perms is not None:
+                out.extend(Unveil(p, perms, True) for p in expanded if p not in {u.path for u in out})
+            continue
         resolved = _resolve(ctx.base_dir, path)
         if resolved in seen:
             first_raw, first_node = seen[resolved]
@@ -1173,6 +1181,17 @@ def _within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+def _parse_cli_unveils(spec: str, cwd: str) -> list[Unveil]:
+    """-v PATH:PERMS, where PATH may name a set of paths (@python, @system, @devices)."""
+    raw, sep, letters = spec.rpartition(":")
+    if sep and raw.startswith("@"):
+        expanded = pathsets.expand(raw)
+        if expanded is None:
+            raise UsageError(f"-v '{spec}': unknown path set '{raw}' (known: {', '.join(sorted(pathsets.PATH_SETS))})")
+        return [_parse_cli_unveil(f"{p}:{letters}", cwd) for p in expanded]
+    return [_parse_cli_unveil(spec, cwd)]
+
+
 def _parse_cli_unveil(spec: str, cwd: str) -> Unveil:
     raw, sep, letters = spec.rpartition(":")
     if not sep or not raw:
@@ -1184,6 +1203,8 @@ def _parse_cli_unveil(spec: str, cwd: str) -> Unveil:
         )
     if "\0" in raw:
         raise UsageError(f"-v '{spec}': the path contains a NUL character")
+    if raw.startswith("@"):
+        raise UsageError(f"-v '{spec}': use _parse_cli_unveils for path sets")
     path = _resolve(cwd, raw)
     if not os.path.exists(path):
         raise UsageError(f"-v '{spec}': '{path}' does not exist")
@@ -1200,7 +1221,7 @@ def narrow(base: Policy | None, promises: str | None, unveils: list[str]) -> Pol
     a UsageError.
     """
     cwd = os.getcwd()
-    unveil_list = [_parse_cli_unveil(spec, cwd) for spec in unveils]
+    unveil_list = [u for spec in unveils for u in _parse_cli_unveils(spec, cwd)]
     seen: set[str] = set()
     for u in unveil_list:
         if u.path in seen:
