@@ -5,7 +5,7 @@ An agent process (sandbox.client on fd 3) reads through a Broker served in this 
 with a durable audit log (fdatasync per commit) in a temporary directory:
 
 - sequential: one request in flight (open + read); every request costs one commit.
-- pipelined:  Parent.read_many() keeps up to 32 requests in flight; the broker records a
+- pipelined:  Parent.read_many() keeps up to 128 requests in flight; the broker records a
               whole batch with one commit (group commit).
 - direct:     open + read + close of the same file in the agent, no broker.
 
@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from sandbox.audit import AuditLog, verify  # noqa: E402
 from sandbox.broker import Broker  # noqa: E402
+from sandbox.client import PIPELINE_WINDOW  # noqa: E402
 from sandbox.model import Policy, Resource  # noqa: E402
 
 AGENT = textwrap.dedent(
@@ -142,7 +143,7 @@ def main() -> int:
             ops, p50, p99 = res[mode]
             print(f"{mode:<12}{ops:>12,.0f}{p50:>10.1f}{p99:>10.1f}")
         print(f"(pipelined latency is per request, amortised over batches of 256 in windows "
-              f"of 32)\naudit: {check.records} records, {commits[0]} commits, "
+              f"of {PIPELINE_WINDOW})\naudit: {check.records} records, {commits[0]} commits, "
               f"chain {'intact' if check.ok else 'BROKEN: ' + check.message}; "
               f"total {elapsed:.1f}s")
     return 0

@@ -32,7 +32,7 @@ from sandbox import httpres, resources, wire
 from sandbox.audit import AuditError, AuditLog
 from sandbox.model import Policy, Resource
 
-MAX_BATCH = 64  # requests read per on_readable() call; the loop calls again if more wait
+MAX_BATCH = 128  # requests read per on_readable() call; the loop calls again if more wait
 ABUSE_LIMIT = 64  # consecutive malformed frames / unknown ops before the channel is closed
 HTTP_WORKERS = 4
 MAX_HTTP_PENDING = 16  # running + queued; more are refused
@@ -505,7 +505,7 @@ class Broker:
     def _send(self, reply: dict[str, Any], fd: int | None = None) -> None:
         """Send without blocking; an agent that does not read its replies loses the channel."""
         try:
-            wire.encode(reply)
+            data = wire.encode(reply)
         except wire.WireError:
             # Too big for a frame (a long listing): the JSON goes in a sealed memfd instead.
             if fd is not None:
@@ -521,7 +521,7 @@ class Broker:
             if self._dead:
                 return
             try:
-                wire.send(self._sock, reply, fd, socket.MSG_DONTWAIT)
+                wire.send_bytes(self._sock, data, fd, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 self._drop_locked("channel closed: the agent does not read its replies")
             except OSError:  # EPIPE/ECONNRESET: the agent is gone

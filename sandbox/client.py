@@ -22,7 +22,6 @@ import os
 import socket
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import IO, Any, NamedTuple
 
 from sandbox import wire
@@ -39,7 +38,7 @@ ERRORS: dict[str, type[Exception]] = {
     "ConnectionError": ConnectionError,
     "OSError": OSError,
 }
-PIPELINE_WINDOW = 64  # requests in flight in pipeline(); keeps the parent's send buffer small
+PIPELINE_WINDOW = 128  # requests in flight in pipeline(); keeps the parent's send buffer small
 
 
 class Entry(NamedTuple):
@@ -54,11 +53,10 @@ class StatResult(NamedTuple):
     mode: int
 
 
-@dataclass(frozen=True)
-class HttpResponse:
+class HttpResponse(NamedTuple):
     status: int
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b""
+    headers: list[tuple[str, str]]
+    body: bytes
 
     def header(self, name: str) -> str | None:
         """The first value of header `name` (case-insensitive), or None."""

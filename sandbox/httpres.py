@@ -229,7 +229,9 @@ def _read_capped(resp: HTTPResponse, max_bytes: int, deadline: float) -> list[by
     while True:
         if time.monotonic() > deadline:
             raise TimeoutError("response took longer than the resource timeout")
-        chunk = resp.read(min(CHUNK, max_bytes + 1 - total))
+        # read1: at most one recv per call, so a server that drips bytes meets the deadline
+        # between calls instead of holding the worker for one long read().
+        chunk = resp.read1(min(CHUNK, max_bytes + 1 - total))
         if not chunk:
             return chunks
         chunks.append(chunk)

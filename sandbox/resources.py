@@ -226,7 +226,8 @@ class DirResource:
                     f"{sub!r} has {st.st_nlink} hard links; refused because a hard link can "
                     "lead outside the resource"
                 )
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            # F_SETFL sets only the status flags (O_APPEND, O_NONBLOCK, ...): keep O_APPEND.
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & os.O_APPEND)
             if truncate:
                 os.ftruncate(fd, 0)
         except BaseException:

@@ -235,7 +235,11 @@ def build_filter(
             raise FilterError(f"unknown system call {name!r} on this architecture")
         return nr
 
-    plan = _plan(rules)
+    # A rule whose action is the default action changes nothing in the kernel (libseccomp
+    # even refuses it); with the default 'notify' such rules are decided by the parent,
+    # which reads them from the rule list itself.
+    default = _action_value(violation)
+    plan = _plan([r for r in rules if _action_value(r.action) != default])
     clash = sorted(set(plan) & set(NEVER))
     if clash:
         raise FilterError(f"never-allowed calls in the rules: {', '.join(clash)}")
@@ -257,10 +261,6 @@ def build_filter(
         if nr is None:
             continue
         for rule in group:
-            if _action_value(rule.action) == _action_value(violation) and not rule.args:
-                # Same as the default action: libseccomp refuses a redundant rule (EACCES),
-                # and the kernel does the same thing without it.
-                continue
             try:
                 filt.add_rule(_action_value(rule.action), nr, *_convert_args(rule, self_pid))
             except OSError as e:

@@ -83,7 +83,11 @@ def decode(data: bytes, *, reply: bool = False) -> dict[str, Any]:
 
 def send(sock: socket.socket, obj: dict[str, Any], fd: int | None = None, flags: int = 0) -> None:
     """Send one message, with at most one descriptor (the caller keeps its own copy)."""
-    data = encode(obj)
+    send_bytes(sock, encode(obj), fd, flags)
+
+
+def send_bytes(sock: socket.socket, data: bytes, fd: int | None = None, flags: int = 0) -> None:
+    """Send one message already encoded (see encode())."""
     anc = []
     if fd is not None:
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]

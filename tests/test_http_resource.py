@@ -60,6 +60,16 @@ class Server:
                 if route == "/api/redirect-in":
                     self._send(302, b"", {"Location": "/api/echo?from=redirect"})
                     return
+                if route == "/api/drip":  # headers at once, then a byte now and then
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100")
+                    self.end_headers()
+                    for _ in range(100):
+                        if server.release.wait(0.2):
+                            break
+                        self.wfile.write(b"d")
+                        self.wfile.flush()
+                    return
                 if route == "/api/big":
                     self._send(200, b"x" * 5000)
                     return
@@ -223,9 +233,11 @@ def test_response_size_cap_and_timeout(tmp_path: Path, server: Server) -> None:
         """
         attempt("big", lambda: parent.http("api", "GET", "big"))
         attempt("slow", lambda: parent.http("api", "GET", "slow"))
+        attempt("drip", lambda: parent.http("api", "GET", "drip"))
         """,
         environ=ENV,
     )
+    assert run.out["drip"][0] == "TimeoutError"
     assert run.out["big"] == ["ValueError", "response larger than 1000 bytes"]
     assert run.out["slow"][0] == "TimeoutError"
 
