@@ -24,13 +24,15 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandbox import httpres, resources, wire
 from sandbox.audit import AuditError, AuditLog
 from sandbox.model import Policy, Resource
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 MAX_BATCH = 128  # requests read per on_readable() call; the loop calls again if more wait
 ABUSE_LIMIT = 64  # consecutive malformed frames / unknown ops before the channel is closed
@@ -433,6 +435,10 @@ class Broker:
             self._send(job.reply)
         elif job.http is not None:
             if self._pool is None:
+                # Imported here: concurrent.futures pulls in logging, a cost every launch
+                # would pay although most agents make no HTTP request.
+                from concurrent.futures import ThreadPoolExecutor
+
                 self._pool = ThreadPoolExecutor(HTTP_WORKERS, thread_name_prefix="broker-http")
             self._pool.submit(self._run_http, job.id, job.http, job.record or {})
         elif job.handler is not None:

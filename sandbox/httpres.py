@@ -19,13 +19,14 @@ import os
 import posixpath
 import re
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
-from http.client import HTTPMessage, HTTPResponse
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import urllib.request
+    from http.client import HTTPMessage, HTTPResponse
 
 from sandbox import wire
 from sandbox.model import Resource
@@ -171,26 +172,6 @@ def prepare(resource: Resource, request: Mapping[str, Any], environ: Mapping[str
     )
 
 
-class _PinnedRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow a redirect only if it stays beneath the prefix."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: IO[bytes],
-        code: int,
-        msg: str,
-        headers: HTTPMessage,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        if not within_prefix(newurl, self.prefix):
-            raise HttpRefused(f"redirect ({code}) to {newurl} leaves the resource prefix")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
 @dataclass(frozen=True)
 class Response:
     status: int
@@ -240,12 +221,38 @@ def _read_capped(resp: HTTPResponse, max_bytes: int, deadline: float) -> list[by
             raise HttpError(f"response larger than {max_bytes} bytes")
 
 
+def _pinned_redirects(prefix: str) -> urllib.request.BaseHandler:
+    """A redirect handler that follows a redirect only if it stays beneath the prefix.
+
+    Defined on first use: urllib.request (with http.client and ssl) costs ~10 ms to import,
+    which the launch of an agent without HTTP resources should not pay.
+    """
+    import urllib.request
+
+    class PinnedRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(
+            self,
+            req: urllib.request.Request,
+            fp: IO[bytes],
+            code: int,
+            msg: str,
+            headers: HTTPMessage,
+            newurl: str,
+        ) -> urllib.request.Request | None:
+            if not within_prefix(newurl, prefix):
+                raise HttpRefused(f"redirect ({code}) to {newurl} leaves the resource prefix")
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    return PinnedRedirects()
+
+
 def perform(req: Prepared) -> Response:
     """Send the request (blocking: run it in a worker thread). Raises on failure."""
+    import urllib.error
+    import urllib.request
+
     # No proxy handler: the environment of the parent must not reroute the agent's requests.
-    opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler({}), _PinnedRedirects(req.prefix)
-    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _pinned_redirects(req.prefix))
     request = urllib.request.Request(req.url, data=req.body, method=req.method)
     for name, value in req.headers.items():
         request.add_header(name, value)

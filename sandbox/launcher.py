@@ -99,13 +99,18 @@ def _run(plan: Plan, path: str, argv: list[str], audit: AuditLog, feats: Feature
             cg = None  # only used to find stragglers; the process group serves then
     # The child locks Landlock before it builds its seccomp filter: everything it needs
     # from disk (libseccomp, the modules it imports) must be loaded now, in the parent.
-    seccomp.preload()
+    # The filter is built here, before the fork (it names no pid), so the child only loads it.
+    filt = (
+        seccomp.build_filter(plan.rules, violation="notify", self_pid=os.getpid(), never_action="notify")
+        if plan.user_notif and policy.lock == "exec"
+        else None
+    )
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     launcher_pid = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child, reported through the socket
         parent_sock.close()
-        _child(plan, path, argv, child_sock, launcher_pid)
+        _child(plan, path, argv, child_sock, launcher_pid, filt)
     child_sock.close()
     try:
         return _supervise(plan, path, argv, audit, cg, parent_sock, pid)
@@ -386,7 +391,9 @@ def _finish(
 # --------------------------------------------------------------------------- the child
 
 
-def _child(plan: Plan, path: str, argv: list[str], sock: socket.socket, launcher_pid: int) -> None:
+def _child(
+    plan: Plan, path: str, argv: list[str], sock: socket.socket, launcher_pid: int, filt: Any
+) -> None:
     """Lock this process and exec the command. Never returns."""
     try:
         hygiene.set_parent_death_signal(launcher_pid)
@@ -394,7 +401,7 @@ def _child(plan: Plan, path: str, argv: list[str], sock: socket.socket, launcher
         if sock.recv(16) != b"go":
             os._exit(3)
         sock.settimeout(None)  # blocking again: the agent inherits this descriptor
-        _lock_child(plan, sock)
+        _lock_child(plan, sock, filt)
         os.execve(path, argv, dict(plan.env))
     except SetupError as e:
         _report(sock, str(e))
@@ -418,7 +425,7 @@ def _report(sock: socket.socket, message: str) -> None:
             s.detach()
 
 
-def _lock_child(plan: Plan, sock: socket.socket) -> None:
+def _lock_child(plan: Plan, sock: socket.socket, filt: Any) -> None:
     policy = plan.policy
     hygiene.set_rlimits(plan.rlimits)
     mounts.make_noexec(plan.noexec)
@@ -432,12 +439,10 @@ def _lock_child(plan: Plan, sock: socket.socket) -> None:
     hygiene.drop_capabilities()
     if plan.landlock is not None:
         landlock.apply(plan.landlock)
-    filt = seccomp.build_filter(
-        plan.rules,
-        violation="notify" if plan.user_notif else _KERNEL_ACTION[policy.violation],
-        self_pid=os.getpid(),
-        never_action="notify" if plan.user_notif else "kill",
-    )
+    if filt is None:  # best_effort without user notification: the kernel acts alone
+        filt = seccomp.build_filter(
+            plan.rules, violation=_KERNEL_ACTION[policy.violation], self_pid=os.getpid(), never_action="kill"
+        )
     channel = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=wire.BROKER_FD)
     listener = seccomp.install(filt, listener=plan.user_notif)
     if listener is None:

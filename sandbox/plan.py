@@ -17,7 +17,7 @@ from sandbox.errors import SetupError
 from sandbox.kernel import Features
 from sandbox.model import Policy, Unveil
 from sandbox.promises import IMPLIED_UNVEILS, rules_for
-from sandbox.rules import Rule
+from sandbox.rules import SELF_PID, Rule
 from sandbox.wire import BROKER_ENV, BROKER_FD
 
 # Every exec reaches the parent: the first is the launcher's own exec of the command (the
@@ -100,12 +100,21 @@ def effective_unveils(policy: Policy) -> tuple[Unveil, ...]:
     return tuple(out)
 
 
+def _self_signal(rule: Rule) -> Rule:
+    """A signal to the agent itself is decided by the parent (it knows the caller's pid, and
+    the caller, blocked in the call, cannot change it), so the filter names no pid and can
+    be built before the fork."""
+    if any(a.value == SELF_PID for a in rule.args):
+        return Rule(rule.syscall, action="notify", handler="self_signal")
+    return rule
+
+
 def seccomp_rules(pledge: Iterable[str], execpromises: Iterable[str] | None) -> tuple[Rule, ...]:
     """The launched filter's rules: the pledge, exec routed to the parent, and under
     execpromises every rule the pledge has beyond them routed to the parent too (it knows
     which processes have exec'd; the filter cannot)."""
     pledge = set(pledge)
-    base = [r for r in rules_for(pledge) if r.syscall not in EXEC_SYSCALLS]
+    base = [_self_signal(r) for r in rules_for(pledge) if r.syscall not in EXEC_SYSCALLS]
     if execpromises is not None:
         narrow = set(rules_for(set(execpromises) & pledge))
         base = [

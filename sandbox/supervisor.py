@@ -14,14 +14,17 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sandbox import seccomp
 from sandbox.audit import AuditError, AuditLog
-from sandbox.dnsproxy import DnsEmulator
 from sandbox.plan import EXEC_SYSCALLS, Plan
 from sandbox.promises import NEVER, promise_for
 from sandbox.rules import Arg, Rule
 from sandbox.syscalls import decode_args
+
+if TYPE_CHECKING:
+    from sandbox.dnsproxy import DnsEmulator
 
 U64 = (1 << 64) - 1
 
@@ -74,6 +77,8 @@ class Supervisor:
 
     def __post_init__(self) -> None:
         if "dns" in self.plan.policy.pledge:
+            from sandbox.dnsproxy import DnsEmulator  # only agents with 'dns' need it
+
             self.dns = DnsEmulator()
 
     @property
@@ -117,6 +122,14 @@ class Supervisor:
                 self.violation(n, name, args, promise_for(name, args), note="not in execpromises")
             else:
                 seccomp.respond(self.listener, n.id, continue_=True)
+            return
+        if handler == "self_signal":
+            # kill/tkill/tgkill/rt_(tg)sigqueueinfo: the first argument names the target.
+            target = args[0] & 0xFFFFFFFF
+            if target == (_status_field(n.pid, "Tgid") or n.pid):
+                seccomp.respond(self.listener, n.id, continue_=True)
+            else:
+                self.violation(n, name, args, promise_for(name, args))
             return
         if handler == "dns" and self.dns is not None:
             self._emulate_dns(n, name, args)

@@ -1,0 +1,858 @@
+"""The escape suite: known ways out of a sandbox, each tried under `sandbox run` and refused.
+
+Every escape is also run WITHOUT the sandbox (the same program, started directly) and must
+succeed there: that is what makes each test able to fail. A refusal is shown either by the
+kernel's answer the program prints (EACCES/EPERM from Landlock, a noexec mount, dropped
+capabilities) or by the violation record of the parent (seccomp), with its syscall and
+promise (null: never allowed), plus the exit status 159.
+
+Programs inside the sandbox are Python (the venv interpreter, unveiled @python/@system);
+where Python cannot make the call (x32, int 0x80) a small C program from tests/progs,
+compiled at test time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox.testing import Result, assert_denied, write_policy
+
+PY = sys.executable
+ROOT = Path(__file__).resolve().parent.parent
+PROGS_SRC = Path(__file__).resolve().parent / "progs"
+BASE_UNVEIL = ("@python:rx", "@system:rx")
+VIOLATION_EXIT = 159
+SECRET = "TOPSECRET-7f3a"
+_counter = itertools.count()
+
+# What every agent program starts with: a way to try a call and print what it gave.
+PRELUDE = r'''
+import ctypes, errno, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def attempt(fn, *a):
+    """'ok' (or the value when it is a str/int/bytes) or the errno name of the failure."""
+    try:
+        r = fn(*a)
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+    if isinstance(r, bytes):
+        return r.decode(errors="replace")
+    return r if isinstance(r, (str, int)) and not isinstance(r, bool) else "ok"
+def raw(nr, *a):
+    """The system call itself: its value, or the errno name."""
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(x) for x in a])
+    return errno.errorcode.get(ctypes.get_errno(), "?") if r == -1 else r
+def report(**kw):
+    print("RESULT " + json.dumps(kw), flush=True)
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+'''
+
+
+def agent(body: str) -> list[str]:
+    return [PY, "-c", PRELUDE + textwrap.dedent(body)]
+
+
+def results(stdout: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for line in stdout.splitlines():
+        if line.startswith("RESULT "):
+            out.update(json.loads(line[len("RESULT ") :]))
+    return out
+
+
+@dataclass
+class Box:
+    """A test's file layout: `x` is the unveiled tree, `secret` lies outside it."""
+
+    root: Path
+    run: Path  # cwd of `sandbox run`, its policies and audit logs (never unveiled)
+    x: Path
+    secret: Path
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> Box:
+    run = tmp_path / "run"
+    x = tmp_path / "x"
+    run.mkdir()
+    x.mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text(SECRET)
+    secret.chmod(0o600)
+    return Box(tmp_path, run, x, secret)
+
+
+def sandboxed(
+    box: Box,
+    command: Sequence[str],
+    *,
+    promises: str | None = "stdio rpath",
+    unveil: Sequence[str] = (),
+    policy: Mapping[str, Any] | None = None,
+    pass_fds: Sequence[int] = (),
+    env: Mapping[str, str] | None = None,
+) -> Result:
+    """`sandbox run` of `command` (a real process), with the base unveils for Python."""
+    n = next(_counter)
+    log = box.run / f"audit-{n}.jsonl"
+    argv = [PY, "-m", "sandbox", "run"]
+    if policy is not None:
+        argv.append(write_policy(box.run, {"name": f"escape{n}", **policy}, f"escape{n}"))
+    if promises is not None:
+        argv += ["-p", promises]
+    for u in (*BASE_UNVEIL, *unveil):
+        argv += ["-v", u]
+    argv += ["--audit-log", str(log), "--", *command]
+    run_env = dict(os.environ if env is None else env)
+    run_env.setdefault("PYTHONPATH", str(ROOT))
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, env=run_env, cwd=box.run, pass_fds=pass_fds
+    )
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return Result(proc.returncode, proc.stdout, proc.stderr, records, str(log))
+
+
+def direct(
+    command: Sequence[str], *, pass_fds: Sequence[int] = (), env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The same program without the sandbox."""
+    return subprocess.run(
+        list(command), capture_output=True, text=True, timeout=60, pass_fds=pass_fds, env=env
+    )
+
+
+def assert_killed(r: Result, syscall: str, promise: str | None) -> dict[str, Any]:
+    """The parent recorded the call and ended the agent: exit 159 and the stderr line."""
+    rec = assert_denied(r, syscall=syscall, promise=promise, action="kill")
+    assert r.status == VIOLATION_EXIT, r
+    why = "is never allowed" if promise is None else f"needs '{promise}'"
+    assert f"pledge violation: {syscall}(" in r.stderr and why in r.stderr, r
+    assert r.of_kind("exit"), f"the launcher recorded no exit\n{r}"
+    return rec
+
+
+def assert_clean(r: Result) -> dict[str, Any]:
+    """Exit 0, no violation: the refusal (if any) came from the kernel, as an errno."""
+    assert r.status == 0 and not r.violations, f"{r}\nviolations: {r.violations}"
+    return results(r.stdout)
+
+
+def ok_direct(command: Sequence[str], **kw: Any) -> dict[str, Any]:
+    p = direct(command, **kw)
+    assert p.returncode == 0, f"unsandboxed run failed: {p.returncode}\n{p.stdout}\n{p.stderr}"
+    return results(p.stdout)
+
+
+DENIED = {"EACCES", "EPERM"}
+
+
+# --------------------------------------------------------------------------- C helpers
+
+
+def _compile(src: Path, out: Path) -> Path:
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler (gcc) for the foreign-ABI and exec helpers")
+    # Static when the C library allows it: the program then needs nothing unveiled but itself.
+    for extra in (["-static"], []):
+        res = subprocess.run([cc, "-O1", *extra, "-o", str(out), str(src)], capture_output=True, text=True)
+        if res.returncode == 0:
+            return out
+    raise AssertionError(f"cannot compile {src}: {res.stderr}")
+
+
+@pytest.fixture(scope="session")
+def progs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("progs")
+    for name in ("hello", "foreign_abi"):
+        _compile(PROGS_SRC / f"{name}.c", d / name)
+    return d
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """A process outside the sandbox, target of signals and ptrace in the unsandboxed runs."""
+    p = subprocess.Popen(["sleep", "60"])
+    try:
+        yield p
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            p.kill()
+        p.wait()
+
+
+# --------------------------------------------------------------------------- symlinks, links
+
+
+READ_TARGET = """
+report(read=attempt(lambda: read(sys.argv[1]).decode()))
+"""
+
+
+def test_symlink_out_of_unveiled_tree(box: Box) -> None:
+    link = box.x / "link"
+    link.symlink_to(box.secret)
+    cmd = [*agent(READ_TARGET), str(link)]
+    assert ok_direct(cmd)["read"] == SECRET
+    got = assert_clean(sandboxed(box, cmd, unveil=[f"{box.x}:r"]))
+    assert got["read"] == "EACCES"
+
+
+def test_symlink_made_by_agent_out_of_unveiled_tree(box: Box) -> None:
+    body = """
+    link = os.path.join(sys.argv[1], "mine")
+    report(symlink=attempt(os.symlink, sys.argv[2], link))
+    report(read=attempt(lambda: read(link).decode()))
+    """
+    cmd = [*agent(body), str(box.x), str(box.secret)]
+    assert ok_direct(cmd) == {"symlink": "ok", "read": SECRET}
+    (box.x / "mine").unlink()
+    got = assert_clean(sandboxed(box, cmd, promises="stdio rpath cpath", unveil=[f"{box.x}:rwc"]))
+    # Making the link is allowed ('c'); following it out of the tree is not.
+    assert got == {"symlink": "ok", "read": "EACCES"}
+
+
+def test_hard_link_of_outside_file_refused(box: Box) -> None:
+    body = """
+    inside = os.path.join(sys.argv[1], "own")
+    with open(inside, "w") as f:
+        f.write("mine")
+    report(inside=attempt(os.link, inside, os.path.join(sys.argv[1], "own2")))
+    report(outside=attempt(os.link, sys.argv[2], os.path.join(sys.argv[1], "stolen")))
+    report(read=attempt(lambda: read(os.path.join(sys.argv[1], "stolen")).decode()))
+    """
+    cmd = [*agent(body), str(box.x), str(box.secret)]
+    assert ok_direct(cmd) == {"inside": "ok", "outside": "ok", "read": SECRET}
+    for f in box.x.iterdir():
+        f.unlink()
+    got = assert_clean(
+        sandboxed(box, cmd, promises="stdio rpath wpath cpath", unveil=[f"{box.x}:rwc"])
+    )
+    assert got["inside"] == "ok"  # a link within the tree is fine
+    # Landlock refuses a link whose source is outside every unveiled tree; for link and
+    # rename it answers EXDEV (the REFER rule), elsewhere EACCES.
+    assert got["outside"] in DENIED | {"EXDEV"}
+    assert got["read"] == "ENOENT"
+
+
+def test_preexisting_hard_link_gives_access(box: Box) -> None:
+    """A documented limit, not an escape the sandbox can close: Landlock checks the path
+    used, and a hard link made BEFORE the sandbox is a path inside the unveiled tree to
+    the same inode. The operator must not unveil trees holding links to secrets."""
+    os.link(box.secret, box.x / "hardlink")
+    cmd = [*agent(READ_TARGET), str(box.x / "hardlink")]
+    assert ok_direct(cmd)["read"] == SECRET
+    got = assert_clean(sandboxed(box, cmd, unveil=[f"{box.x}:r"]))
+    assert got["read"] == SECRET
+    # The same file through its own (outside) path stays refused.
+    got = assert_clean(sandboxed(box, [*agent(READ_TARGET), str(box.secret)], unveil=[f"{box.x}:r"]))
+    assert got["read"] == "EACCES"
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+@pytest.mark.parametrize("proc_unveiled", [True, False], ids=["proc-r", "proc-hidden"])
+def test_proc_self_root(box: Box, proc_unveiled: bool) -> None:
+    cmd = [*agent("report(read=attempt(lambda: read('/proc/self/root' + sys.argv[1]).decode()))"), str(box.secret)]
+    assert ok_direct(cmd)["read"] == SECRET
+    unveil = [f"{box.x}:r", *(["/proc:r"] if proc_unveiled else [])]
+    got = assert_clean(sandboxed(box, cmd, unveil=unveil))
+    assert got["read"] == "EACCES"
+
+
+LAUNCHER_PROC = """
+ppid = os.getppid()
+p = f"/proc/{ppid}"
+report(ppid=ppid)
+report(environ=attempt(lambda: read(p + "/environ").decode()))
+report(mem=attempt(lambda: os.close(os.open(p + "/mem", os.O_RDONLY))))
+report(root_list=attempt(lambda: str(len(os.listdir(p + "/root/")))))
+report(root_secret=attempt(lambda: read(p + "/root" + sys.argv[1]).decode()))
+report(cwd=attempt(lambda: str(len(os.listdir(p + "/cwd/")))))
+"""
+
+
+def test_proc_of_the_launcher(box: Box) -> None:
+    """/proc/<launcher>/environ, mem, root, cwd: Landlock's ptrace restriction refuses
+    access to a process outside the sandbox's domain."""
+    env = {**os.environ, "LAUNCHER_SECRET": SECRET}
+    cmd = [*agent(LAUNCHER_PROC), str(box.secret)]
+    # Unsandboxed: the program reads its parent (an intermediate python holding the secret).
+    wrapper = [PY, "-c", "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))", *cmd]
+    got = ok_direct(wrapper, env=env)
+    assert SECRET in got["environ"] and got["mem"] == "ok" and got["root_secret"] == SECRET
+    assert got["root_list"] != "EACCES" and got["cwd"] != "EACCES"
+
+    r = sandboxed(box, cmd, unveil=["/proc:r"], env=env)
+    got = assert_clean(r)
+    assert got["ppid"] != os.getpid()  # its parent is the launcher
+    for key in ("environ", "mem", "root_list", "root_secret", "cwd"):
+        assert got[key] in DENIED, (key, got)
+
+
+# --------------------------------------------------------------------------- descriptors
+
+
+FD_PROBE = """
+fd = int(sys.argv[1])
+report(fstat=attempt(lambda: os.fstat(fd).st_size))
+report(read=attempt(lambda: os.pread(fd, 100, 0)))
+report(fds=sorted(int(n) for n in os.listdir("/proc/self/fd")))
+"""
+
+
+def test_inherited_descriptor_is_closed(box: Box) -> None:
+    fd = os.open(box.secret, os.O_RDONLY)  # no O_CLOEXEC: inheritable by design of the test
+    try:
+        os.set_inheritable(fd, True)
+        cmd = [*agent(FD_PROBE), str(fd)]
+        got = ok_direct(cmd, pass_fds=[fd])
+        assert got["read"] == SECRET and fd in got["fds"]
+        got = assert_clean(sandboxed(box, cmd, unveil=["/proc:r"], pass_fds=[fd]))
+    finally:
+        os.close(fd)
+    assert got["fstat"] == "EBADF" and got["read"] == "EBADF"
+    # 0-2, the broker channel (3) and the descriptor of the listing itself: nothing else.
+    assert fd not in got["fds"] and len(got["fds"]) <= 5, got
+
+
+# --------------------------------------------------------------------------- pledge basics
+
+
+def test_write_under_read_only_pledge(box: Box) -> None:
+    target = box.x / "data.txt"
+    target.write_text("original")
+    cmd = [*agent("report(read=read(sys.argv[1]).decode())\nopen(sys.argv[1], 'r+').write('X')\nreport(wrote=True)"), str(target)]
+    assert ok_direct(cmd) == {"read": "original", "wrote": True}
+    target.write_text("original")
+    r = sandboxed(box, cmd, promises="stdio rpath", unveil=[f"{box.x}:rwc"])
+    assert results(r.stdout) == {"read": "original"}  # reading was fine, then the kill
+    assert_killed(r, "openat", "wpath")
+    assert target.read_text() == "original"
+
+
+def test_exec_without_exec_promise(box: Box) -> None:
+    cmd = agent("os.execv('/bin/sh', ['sh', '-c', 'echo RESULT {\\\"execd\\\": true}'])")
+    assert ok_direct(cmd) == {"execd": True}
+    r = sandboxed(box, cmd, promises="stdio rpath")
+    assert "execd" not in results(r.stdout)
+    assert_killed(r, "execve", "exec")
+
+
+# --------------------------------------------------------------------------- fileless exec
+
+
+MEMFD_EXEC = """
+MFD_CLOEXEC, MFD_EXEC, MFD_NOEXEC_SEAL = 1, 0x10, 0x8
+flags = {"plain": MFD_CLOEXEC, "exec": MFD_CLOEXEC | MFD_EXEC, "sealed": MFD_CLOEXEC | MFD_NOEXEC_SEAL}[sys.argv[2]]
+fd = os.memfd_create("payload", flags)
+report(memfd="ok")
+os.write(fd, read(sys.argv[1]))
+report(exec=attempt(os.execve, fd, ["payload"], {}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("promises", "flags"),
+    [
+        ("stdio rpath exec", "plain"),
+        ("stdio rpath exec prot_exec", "plain"),
+        ("stdio rpath exec prot_exec", "exec"),
+    ],
+)
+def test_fileless_exec_memfd_refused(box: Box, progs: Path, promises: str, flags: str) -> None:
+    """memfd_create without MFD_NOEXEC_SEAL is never allowed, whatever is promised."""
+    cmd = [*agent(MEMFD_EXEC), str(progs / "hello"), flags]
+    p = direct(cmd)
+    assert p.returncode == 42 and "HELLO-RAN" in p.stdout, p  # fexecve of the memfd ran it
+    r = sandboxed(box, cmd, promises=promises, unveil=[f"{progs}:rx"])
+    assert "HELLO-RAN" not in r.stdout and "memfd" not in results(r.stdout)
+    assert_killed(r, "memfd_create", None)
+
+
+def test_fileless_exec_sealed_memfd_cannot_exec(box: Box, progs: Path) -> None:
+    """With exec and prot_exec promised, a memfd may be made, sealed non-executable: the
+    exec of it fails (EACCES) and the agent goes on."""
+    cmd = [*agent(MEMFD_EXEC), str(progs / "hello"), "sealed"]
+    got = assert_clean(
+        sandboxed(box, cmd, promises="stdio rpath exec prot_exec", unveil=[f"{progs}:rx"])
+    )
+    assert got == {"memfd": "ok", "exec": "EACCES"}
+
+
+# --------------------------------------------------------------------------- W^X
+
+
+WX = """
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+MAP_PRIVATE, MAP_ANONYMOUS = 2, 0x20
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+def mmap(prot):
+    a = libc.mmap(None, 4096, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    return errno.errorcode[ctypes.get_errno()] if a in (None, 2**64 - 1) else "ok"
+def mprotect(prot):
+    a = libc.mmap(None, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    return "ok" if libc.mprotect(a, 4096, prot) == 0 else errno.errorcode[ctypes.get_errno()]
+what = sys.argv[1]
+report(**{what: {"mmap-rx": lambda: mmap(PROT_READ | PROT_EXEC),
+                 "mmap-wx": lambda: mmap(PROT_READ | PROT_WRITE | PROT_EXEC),
+                 "mprotect-rx": lambda: mprotect(PROT_READ | PROT_EXEC),
+                 "mprotect-wx": lambda: mprotect(PROT_READ | PROT_WRITE | PROT_EXEC)}[what]()})
+"""
+
+
+@pytest.mark.parametrize(
+    ("what", "promises", "syscall", "promise"),
+    [
+        ("mmap-rx", "stdio rpath", "mmap", "prot_exec"),
+        ("mmap-wx", "stdio rpath", "mmap", None),
+        ("mmap-wx", "stdio rpath prot_exec", "mmap", None),
+        ("mprotect-rx", "stdio rpath", "mprotect", "prot_exec"),
+        ("mprotect-wx", "stdio rpath prot_exec", "mprotect", None),
+    ],
+)
+def test_wx_memory_refused(
+    box: Box, what: str, promises: str, syscall: str, promise: str | None
+) -> None:
+    cmd = [*agent(WX), what]
+    assert ok_direct(cmd) == {what: "ok"}
+    r = sandboxed(box, cmd, promises=promises)
+    assert what not in results(r.stdout)
+    assert_killed(r, syscall, promise)
+
+
+@pytest.mark.parametrize("what", ["mmap-rx", "mprotect-rx"])
+def test_executable_memory_with_prot_exec(box: Box, what: str) -> None:
+    """The other side: prot_exec allows executable memory, never writable at once."""
+    got = assert_clean(sandboxed(box, [*agent(WX), what], promises="stdio rpath prot_exec"))
+    assert got == {what: "ok"}
+
+
+WRITE_THEN_RUN = """
+src, dst = sys.argv[1], sys.argv[2]
+fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755)
+os.write(fd, read(src))
+os.close(fd)
+report(written="ok")
+import mmap
+def map_exec():
+    with open(dst, "rb") as f:
+        m = mmap.mmap(f.fileno(), 4096, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_EXEC)
+        m.close()
+report(mmap_exec=attempt(map_exec))
+report(exec=attempt(os.execv, dst, [dst]))
+"""
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["rwc", "rx-parent+rwc"],
+    ids=["writable-only", "writable-inside-rx-tree"],
+)
+def test_written_file_cannot_be_executed(box: Box, progs: Path, layout: str) -> None:
+    """A file the agent wrote into a writable unveiled path (no 'x' on it) can be neither
+    exec'd nor mapped executable, even with 'exec' promised. In the second layout Landlock
+    itself would allow the exec (the parent tree is unveiled rx, and Landlock grants the
+    union): only the noexec mount refuses it."""
+    w = box.x / "w"
+    w.mkdir()
+    cmd = [*agent(WRITE_THEN_RUN), str(progs / "hello"), str(w / "payload")]
+    p = direct(cmd)
+    assert p.returncode == 42 and "HELLO-RAN" in p.stdout, p
+    assert results(p.stdout) == {"written": "ok", "mmap_exec": "ok"}
+    (w / "payload").unlink()
+    unveil = [f"{progs}:rx", f"{w}:rwc"]
+    if layout == "rx-parent+rwc":
+        unveil.append(f"{box.x}:rx")
+    r = sandboxed(box, cmd, promises="stdio rpath wpath cpath exec", unveil=unveil)
+    got = assert_clean(r)
+    assert "HELLO-RAN" not in r.stdout
+    assert got["written"] == "ok"
+    assert got["mmap_exec"] in DENIED and got["exec"] in DENIED, got
+    assert w.as_posix() in r.of_kind("start")[0]["enforced"]["noexec_writable_paths"]
+
+
+def test_written_file_executes_where_unveiled_x(box: Box, progs: Path) -> None:
+    """By design a path unveiled with 'x' (rwcx) is not made noexec: the operator allowed it."""
+    w = box.x / "w"
+    w.mkdir()
+    cmd = [*agent(WRITE_THEN_RUN), str(progs / "hello"), str(w / "payload")]
+    r = sandboxed(box, cmd, promises="stdio rpath wpath cpath exec", unveil=[f"{progs}:rx", f"{w}:rwcx"])
+    assert r.status == 42 and "HELLO-RAN" in r.stdout and not r.violations, r
+
+
+# --------------------------------------------------------------------------- never allowed
+
+
+NEVER_CALL = """
+nr, args = int(sys.argv[1]), [int(a, 0) for a in sys.argv[2:]]
+buf = ctypes.create_string_buffer(4096)
+args = [ctypes.addressof(buf) if a == -4242 else a for a in args]  # -4242: a zeroed buffer
+report(called=raw(nr, *args))
+"""
+BUF = "-4242"
+
+# (call, number, arguments): harmless arguments; unsandboxed the call returns (a value or an
+# errno), it does not kill the caller. kexec_load gets invalid flags (0 segments would unload).
+NEVER_CALLS = [
+    ("io_uring_setup", 425, ["1", BUF]),
+    ("keyctl", 250, ["0", "-3", "0"]),  # KEYCTL_GET_KEYRING_ID of the session keyring
+    ("bpf", 321, ["0", "0", "0"]),
+    ("perf_event_open", 298, [BUF, "0", "-1", "-1", "0"]),
+    ("userfaultfd", 323, ["0"]),
+    ("kexec_load", 246, ["0", "0", "0", "0xffff0000"]),
+    ("unshare", 272, [str(0x10000000)]),  # CLONE_NEWUSER
+    ("personality", 135, [str(0x0400000)]),  # READ_IMPLIES_EXEC
+    ("mount", 165, ["0", "0", "0", "0", "0"]),
+    ("init_module", 175, ["0", "0", "0"]),
+    ("pidfd_getfd", 438, ["-1", "0", "0"]),
+    ("open_by_handle_at", 304, ["-100", BUF, "0"]),
+]
+
+
+@pytest.mark.parametrize(("syscall", "nr", "args"), NEVER_CALLS, ids=[c[0] for c in NEVER_CALLS])
+def test_never_allowed_calls(box: Box, syscall: str, nr: int, args: list[str]) -> None:
+    cmd = [*agent(NEVER_CALL), str(nr), *args]
+    assert "called" in ok_direct(cmd)  # unsandboxed the call returns to the program
+    r = sandboxed(box, cmd, promises="stdio rpath proc thread id exec prot_exec")
+    assert "called" not in results(r.stdout)
+    assert_killed(r, syscall, None)
+
+
+def test_io_uring_setup_works_unsandboxed(box: Box) -> None:
+    """So the io_uring case above is meaningful: the kernel really hands out a ring."""
+    got = ok_direct([*agent(NEVER_CALL), "425", "1", BUF])
+    assert isinstance(got["called"], int) and got["called"] >= 0, got
+
+
+CLONE_NEWUSER = """
+CLONE_NEWUSER, SIGCHLD = 0x10000000, 17
+pid = raw(56, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0)
+if pid == 0:
+    os._exit(0)
+if isinstance(pid, int):
+    os.waitpid(pid, 0)
+report(clone=pid if isinstance(pid, str) else "ok")
+"""
+
+
+def test_clone_newuser_refused_with_proc(box: Box) -> None:
+    cmd = agent(CLONE_NEWUSER)
+    assert ok_direct(cmd) == {"clone": "ok"}
+    r = sandboxed(box, cmd, promises="stdio rpath proc thread")
+    assert "clone" not in results(r.stdout)
+    assert_killed(r, "clone", None)
+
+
+def test_fork_allowed_with_proc(box: Box) -> None:
+    """The other side of the clone test: a plain fork works under 'proc'."""
+    body = """
+    pid = os.fork()
+    if pid == 0:
+        os._exit(7)
+    report(child=os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    """
+    assert assert_clean(sandboxed(box, agent(body), promises="stdio rpath proc")) == {"child": 7}
+
+
+TIOCSTI = """
+import fcntl, termios
+try:
+    master, slave = os.openpty()
+except OSError:
+    slave = 0  # no terminal to be had: the filter decides on the request number anyway
+report(tiocsti=attempt(fcntl.ioctl, slave, termios.TIOCSTI, b"x"))
+"""
+
+
+def test_tiocsti_refused(box: Box) -> None:
+    cmd = agent(TIOCSTI)
+    assert ok_direct(cmd) == {"tiocsti": "ok"}
+    r = sandboxed(box, cmd, promises="stdio rpath tty", unveil=["/dev/ptmx:rw", "/dev/pts:rw"])
+    assert "tiocsti" not in results(r.stdout)
+    assert_killed(r, "ioctl", None)
+
+
+# --------------------------------------------------------------------------- other processes
+
+
+PTRACE = """
+target = int(sys.argv[2]) if len(sys.argv) > 2 else os.getppid()
+what = sys.argv[1]
+PTRACE_ATTACH, PTRACE_DETACH = 16, 17
+if what == "ptrace":
+    r = raw(101, PTRACE_ATTACH, target, 0, 0)
+    if r == 0:
+        os.waitpid(target, 0)
+        raw(101, PTRACE_DETACH, target, 0, 0)
+    report(ptrace="ok" if r == 0 else r)
+else:
+    try:
+        with open(f"/proc/{target}/maps") as f:
+            addr = int(f.readline().split("-")[0], 16)
+    except OSError:
+        addr = 0x10000
+    class iovec(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+    buf = ctypes.create_string_buffer(16)
+    local, remote = iovec(ctypes.addressof(buf), 16), iovec(addr, 16)
+    r = raw(310, target, ctypes.addressof(local), 1, ctypes.addressof(remote), 1, 0)
+    report(process_vm_readv="ok" if r == 16 else r)
+"""
+
+
+@pytest.mark.parametrize(("what", "syscall"), [("ptrace", "ptrace"), ("vm_readv", "process_vm_readv")])
+def test_ptrace_and_vm_read_of_launcher(
+    box: Box, sleeper: subprocess.Popen[bytes], what: str, syscall: str
+) -> None:
+    cmd = [*agent(PTRACE), what]
+    assert list(ok_direct([*cmd, str(sleeper.pid)]).values()) == ["ok"]
+    r = sandboxed(box, cmd, promises="stdio rpath proc")  # target: its parent, the launcher
+    assert not results(r.stdout)
+    assert_killed(r, syscall, None)
+
+
+KILL = """
+target = int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()
+report(kill=attempt(os.kill, target, 9))
+pid = os.fork()
+if pid == 0:
+    import time
+    time.sleep(30)
+    os._exit(0)
+report(own_child=attempt(os.kill, pid, 9))
+os.waitpid(pid, 0)
+"""
+
+
+@pytest.mark.parametrize("target", ["launcher", "outside"])
+def test_signals_out_of_the_sandbox(box: Box, sleeper: subprocess.Popen[bytes], target: str) -> None:
+    """With 'proc', kill() is allowed by seccomp; Landlock's signal scope refuses it for
+    processes outside the sandbox (EPERM), while the agent's own children can be signalled."""
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        assert ok_direct([*agent(KILL), str(other.pid)]) == {"kill": "ok", "own_child": "ok"}
+        assert other.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            other.kill()
+    cmd = [*agent(KILL), *([str(sleeper.pid)] if target == "outside" else [])]
+    r = sandboxed(box, cmd, promises="stdio rpath proc")
+    got = assert_clean(r)
+    assert got == {"kill": "EPERM", "own_child": "ok"}
+    assert sleeper.poll() is None  # still alive
+    exits = r.of_kind("exit")
+    assert exits and exits[0].get("status") == 0, r.records  # the launcher lived to record it
+
+
+# --------------------------------------------------------------------------- unix sockets
+
+
+UNIX_CONNECT = """
+import socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+addr = sys.argv[1].replace("@", "\\0", 1) if sys.argv[1].startswith("@") else sys.argv[1]
+def talk():
+    s.connect(addr)
+    return s.recv(64)
+report(connect=attempt(talk))
+"""
+
+
+class UnixServer:
+    """A unix socket server outside the sandbox, answering one greeting per connection."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(address)
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        import threading
+
+        self.stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop:
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            with conn:
+                conn.sendall(b"hello-from-outside")
+
+    def close(self) -> None:
+        self.stop = True
+        self.thread.join()
+        self.sock.close()
+
+
+def test_connect_to_path_unix_socket_outside_unveil(box: Box) -> None:
+    outside = box.root / "outside"
+    outside.mkdir()
+    path = str(outside / "server.sock")
+    server = UnixServer(path)
+    try:
+        cmd = [*agent(UNIX_CONNECT), path]
+        assert ok_direct(cmd) == {"connect": "hello-from-outside"}
+        got = assert_clean(sandboxed(box, cmd, promises="stdio rpath unix", unveil=[f"{box.x}:rwc"]))
+    finally:
+        server.close()
+    assert got["connect"] in DENIED, got
+
+
+def test_connect_to_abstract_unix_socket_outside(box: Box) -> None:
+    name = f"@outheis-escape-{os.getpid()}-{next(_counter)}"
+    server = UnixServer("\0" + name[1:])
+    try:
+        cmd = [*agent(UNIX_CONNECT), name]
+        assert ok_direct(cmd) == {"connect": "hello-from-outside"}
+        got = assert_clean(sandboxed(box, cmd, promises="stdio rpath unix"))
+    finally:
+        server.close()
+    assert got["connect"] == "EPERM", got
+
+
+def test_unix_sockets_inside_the_sandbox_work(box: Box) -> None:
+    """The other side: the agent's own sockets (path in its tree, abstract) connect."""
+    body = """
+    import socket, threading
+    def pair(addr):
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(addr)
+        srv.listen(1)
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(addr)
+        conn, _ = srv.accept()
+        conn.sendall(b"inside")
+        return c.recv(16)
+    report(path=attempt(pair, os.path.join(sys.argv[1], "own.sock")))
+    report(abstract=attempt(pair, "\\0outheis-inside-%d" % os.getpid()))
+    """
+    got = assert_clean(
+        sandboxed(box, [*agent(body), str(box.x)], promises="stdio rpath cpath unix", unveil=[f"{box.x}:rwc"])
+    )
+    assert got == {"path": "inside", "abstract": "inside"}
+
+
+# --------------------------------------------------------------------------- foreign ABIs
+
+
+@pytest.mark.parametrize("abi", ["x32", "int80"])
+def test_foreign_abi_syscalls_killed_by_kernel(box: Box, progs: Path, abi: str) -> None:
+    """x32 numbers and i386 int 0x80 are killed by the filter itself (SIGSYS, no parent
+    decision): the launcher exits 128+SIGSYS and says what happened."""
+    cmd = [str(progs / "foreign_abi"), abi]
+    p = direct(cmd)
+    assert p.returncode == 0 and f"RETURNED {abi}" in p.stdout, p  # the kernel answered
+    r = sandboxed(box, cmd, promises="stdio", unveil=[f"{progs}:rx"])
+    assert f"BEFORE {abi}" in r.stdout and "RETURNED" not in r.stdout, r
+    assert r.status == 128 + signal.SIGSYS, r
+    assert "killed by the kernel (SIGSYS)" in r.stderr, r
+    assert [e.get("signal") for e in r.of_kind("exit")] == [signal.SIGSYS], r.records
+
+
+# --------------------------------------------------------------------------- privileges
+
+
+CAPS = """
+def cap(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1], 16)
+report(caps={f: cap(f) for f in ("CapEff", "CapPrm", "CapBnd", "CapAmb")})
+report(chown=attempt(os.chown, sys.argv[1], 65534, -1))
+report(read_other=attempt(lambda: read(sys.argv[2]).decode()))
+import socket
+report(raw_socket=attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close()))
+report(setuid=attempt(os.setuid, 65534))
+"""
+
+
+def test_root_agent_has_no_capabilities(box: Box) -> None:
+    """The agent runs as root, with 'id', 'chown' and 'inet' promised: without capabilities
+    root cannot give a file away, read another user's 0600 file, open a raw socket (the
+    filter refuses the socket type too) or change its uid."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the point is an agent running as root")
+    mine = box.x / "rootfile"
+    mine.write_text("root's")
+    other = box.x / "others"
+    other.write_text("nobody's")
+    os.chown(other, 65534, 65534)
+    other.chmod(0o600)
+    cmd = [*agent(CAPS), str(mine), str(other)]
+    got = ok_direct(cmd)
+    assert got["caps"]["CapEff"] != 0 and got["chown"] == "ok" and got["read_other"] == "nobody's"
+    assert got["raw_socket"] == "ok" and got["setuid"] == "ok"
+    os.chown(mine, 0, 0)
+    r = sandboxed(
+        box,
+        cmd,
+        promises=None,
+        policy={
+            "version": 1,
+            "pledge": "stdio rpath wpath id chown inet",
+            "unveil": {str(box.x): "rw", "/proc": "r"},
+            "violation": "errno",  # the raw socket is refused and recorded, the agent goes on
+        },
+    )
+    assert r.status == 0, r
+    got = results(r.stdout)
+    assert got["caps"] == {"CapEff": 0, "CapPrm": 0, "CapBnd": 0, "CapAmb": 0}
+    assert got["chown"] == "EPERM" and got["read_other"] == "EACCES" and got["setuid"] == "EPERM"
+    assert got["raw_socket"] == "EPERM"
+    assert_denied(r, syscall="socket", action="errno")
+    assert mine.stat().st_uid == 0
+
+
+def test_device_not_unveiled(box: Box) -> None:
+    body = """
+    report(kmsg=attempt(lambda: os.close(os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK))))
+    report(null=attempt(lambda: os.close(os.open("/dev/null", os.O_RDWR))))
+    """
+    if not os.path.exists("/dev/kmsg"):
+        pytest.skip("no /dev/kmsg on this machine")
+    assert ok_direct(agent(body)) == {"kmsg": "ok", "null": "ok"}
+    got = assert_clean(sandboxed(box, agent(body), promises="stdio rpath wpath", unveil=["@devices:rw"]))
+    assert got == {"kmsg": "EACCES", "null": "ok"}
+
+
+def test_mknod_device_refused(box: Box) -> None:
+    body = """
+    import stat
+    report(mknod=attempt(os.mknod, os.path.join(sys.argv[1], "mem"), stat.S_IFCHR | 0o600, os.makedev(1, 1)))
+    report(fifo=attempt(os.mkfifo, os.path.join(sys.argv[1], "fifo")))
+    """
+    cmd = [*agent(body), str(box.x)]
+    assert ok_direct(cmd) == {"mknod": "ok", "fifo": "ok"}
+    for f in box.x.iterdir():
+        f.unlink()
+    got = assert_clean(sandboxed(box, cmd, promises="stdio rpath dpath", unveil=[f"{box.x}:rwc"]))
+    assert got["mknod"] in DENIED and got["fifo"] == "ok", got
+    assert not (box.x / "mem").exists()
+
