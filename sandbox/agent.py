@@ -22,6 +22,7 @@ import errno
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterable
 
 from sandbox import hygiene, landlock, seccomp, wire
@@ -46,13 +47,19 @@ def _err(code: int, message: str) -> OSError:
 
 
 def _other_threads() -> list[str]:
+    """Live threads other than the caller, named. A thread Python has just joined can stay
+    in /proc/self/task for a moment; those (unknown to threading) are waited out briefly."""
     me = threading.get_native_id()
-    names = {t.native_id: t.name for t in threading.enumerate()}
-    try:
-        tids = [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:
-        return ["(cannot list threads)"]
-    return [f"{names.get(t, '?')} (tid {t})" for t in tids if t != me]
+    for _ in range(1000):
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        try:
+            tids = [int(t) for t in os.listdir("/proc/self/task") if int(t) != me]
+        except OSError:
+            return ["(cannot list threads)"]
+        if not tids or any(t in names for t in tids):
+            break
+        time.sleep(0.001)
+    return [f"{names.get(t, '?')} (tid {t})" for t in tids]
 
 
 def unveil(path: str | None = None, permissions: str | None = None) -> None:
@@ -79,7 +86,9 @@ def _lock_unveil() -> None:
     global _unveil_locked
     if _unveil_locked:
         return
-    if _unveils:
+    # Under the launcher the view is always locked, empty if nothing was unveiled: the
+    # policy's unveil is a ceiling, and an agent that unveils nothing sees nothing.
+    if _unveils or _launched():
         others = _other_threads()
         if others:
             raise _err(errno.EBUSY, "Landlock cannot restrict other live threads: " + ", ".join(others))
@@ -141,15 +150,23 @@ def pledge(promises: str | Iterable[str] | None, execpromises: str | Iterable[st
             if exe is not None:
                 raise _err(errno.EINVAL, "execpromises need promises on the first pledge")
             return
+        first = held is None
+        # Every refusal comes before anything is locked: a failed pledge changes nothing.
+        if _launched() and not first and exe != _execpromises:
+            # The parent routes the calls beyond execpromises from the first filter only.
+            raise _err(errno.EOPNOTSUPP, "under `sandbox run`, execpromises are fixed by the first pledge")
+        if not _launched() and exe is not None and "exec" in new and not new <= exe:
+            # Without a parent nobody can tell which process has exec'd: refuse rather than
+            # let exec'd programs keep the full pledge.
+            raise _err(errno.EOPNOTSUPP, "execpromises narrower than the promises need `sandbox run`")
         # Load libseccomp before Landlock hides the files a lazy import would read.
         seccomp.preload()
         _lock_unveil()
         _ensure_no_new_privs()
-        first = held is None
         if _launched() and first:
             _lock_with_parent(new, caps, exe)
         else:
-            _install_local(new, exe, exe_changed=exe != _execpromises)
+            _install_local(new)
             if _launched():
                 _tell_parent(new, caps, exe, listener=None)
         _promises, _capabilities, _execpromises = new, caps, exe
@@ -158,15 +175,8 @@ def pledge(promises: str | Iterable[str] | None, execpromises: str | Iterable[st
 _KERNEL_ACTIONS: dict[str, seccomp.ViolationAction] = {"kill": "kill", "errno": "errno", "log": "log"}
 
 
-def _install_local(new: frozenset[str], exe: frozenset[str] | None, *, exe_changed: bool) -> None:
+def _install_local(new: frozenset[str]) -> None:
     """A filter with no listener: the kernel itself applies the violation action."""
-    if _launched() and exe_changed:
-        # The parent routes the calls beyond execpromises from the first filter only.
-        raise _err(errno.EOPNOTSUPP, "under `sandbox run`, execpromises are fixed by the first pledge")
-    if not _launched() and exe is not None and "exec" in new and not new <= exe:
-        # Without a parent nobody can tell which process has exec'd: refuse rather than
-        # let exec'd programs keep the full pledge.
-        raise _err(errno.EOPNOTSUPP, "execpromises narrower than the promises need `sandbox run`")
     violation = os.environ.get(VIOLATION_ENV, "kill") if _launched() else "kill"
     filt = seccomp.build_filter(
         rules_for(new), violation=_KERNEL_ACTIONS.get(violation, "kill"), self_pid=os.getpid(), never_action="kill"

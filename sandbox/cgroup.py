@@ -88,22 +88,21 @@ class Cgroup:
             time.sleep(0.002)
 
     def memory_events(self) -> int:
-        """How many times the memory limit was hit (v1 failcnt / v2 max events)."""
+        """How many processes the OOM killer ended in this cgroup (v1 memory.oom_control,
+        v2 memory.events: both have an oom_kill line; failcnt and 'max' also count limits
+        that were reached without a kill)."""
         d = self.dirs.get("memory")
         if not d:
             return 0
-        name = "memory.failcnt" if self.version == 1 else "memory.events"
+        name = "memory.oom_control" if self.version == 1 else "memory.events"
         try:
             with open(os.path.join(d, name), encoding="ascii") as f:
-                text = f.read()
-        except OSError:
+                for line in f:
+                    key, _, val = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(val)
+        except (OSError, ValueError):
             return 0
-        if self.version == 1:
-            return int(text.strip() or 0)
-        for line in text.splitlines():
-            key, _, val = line.partition(" ")
-            if key == "max":
-                return int(val)
         return 0
 
     def remove(self) -> None:

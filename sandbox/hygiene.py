@@ -102,29 +102,41 @@ def close_fds_from(lowest: int) -> None:
         os.closerange(lowest, 1 << 20)
 
 
-def drop_capabilities() -> None:
-    """Empty every capability set, for root too, and lock the securebits.
-
-    Order matters: the bounding set and securebits need CAP_SETPCAP, so they go first,
-    the effective/permitted/inheritable sets last.
-    """
+def drop_bounding_set() -> None:
+    """Empty the bounding set and lock the securebits: root regains nothing by exec or
+    setuid. Needs CAP_SETPCAP, so it runs before a user switch takes that away."""
     try:
         with open(CAP_LAST_CAP_FILE, encoding="ascii") as f:
             last = int(f.read())
     except OSError:
         last = 63
-    have_setpcap = os.geteuid() == 0 or _has_cap_effective(8)
-    if have_setpcap:
-        for cap in range(last + 1):
-            if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
-                err = ctypes.get_errno()
-                if err != 22:  # EINVAL: not a capability on this kernel
-                    raise SetupError(f"cannot drop capability {cap} from the bounding set: {os.strerror(err)}")
-        _prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED, what="PR_SET_SECUREBITS")
+    for cap in range(last + 1):
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
+            err = ctypes.get_errno()
+            if err != 22:  # EINVAL: not a capability on this kernel
+                raise SetupError(f"cannot drop capability {cap} from the bounding set: {os.strerror(err)}")
+    _prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED, what="PR_SET_SECUREBITS")
+
+
+def drop_capabilities() -> None:
+    """Empty every capability set, for root too, and lock the securebits.
+
+    The bounding set and securebits go first (they need CAP_SETPCAP), the effective,
+    permitted and inheritable sets last.
+    """
+    if _cap_line("CapBnd") and (os.geteuid() == 0 or _has_cap_effective(8)):
+        drop_bounding_set()
     _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, what="PR_CAP_AMBIENT_CLEAR_ALL")
     _capset_empty()
     if _has_any_cap():
         raise SetupError("capabilities remain after dropping them")
+
+
+def reset_signal_dispositions() -> None:
+    """Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive exec: give the agent
+    the defaults (as subprocess's restore_signals does)."""
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def _cap_line(field: str) -> int:

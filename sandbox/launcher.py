@@ -8,7 +8,7 @@ cgroup add, start record, "go" ──────►  rlimits, noexec mounts, us
                                         capabilities, Landlock, seccomp (with listener)
 receive listener fd  ◄─────────────────  send listener fd over the broker socket, close it
 answer the exec with CONTINUE  ◄───────  execve(command)  (notified: exec is always routed)
-event loop: notifications, broker requests, pidfd (exit), wall clock, signals
+event loop: notifications, broker requests, the reaper's status pipe (exit), wall clock, signals
 
 The exec of the command itself therefore needs no 'exec' promise: it is the one call the
 parent lets through before the program exists, and every later exec is decided by policy.
@@ -28,9 +28,9 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NoReturn
 
-from sandbox import cgroup, hygiene, landlock, lockgate, mounts, seccomp, wire
+from sandbox import cgroup, hygiene, landlock, lockgate, mounts, reaper, seccomp, wire
 from sandbox.audit import AuditError, AuditLog
 from sandbox.broker import Broker
 from sandbox.errors import SetupError
@@ -92,7 +92,9 @@ def _run(plan: Plan, path: str, argv: list[str], audit: AuditLog, feats: Feature
     cg = None
     if plan.cgroup_memory is not None or plan.cgroup_processes is not None or feats.root:
         try:
-            cg = cgroup.create(policy.name, plan.cgroup_memory, plan.cgroup_processes, feats)
+            # The reaper lives in the cgroup too: one more process than the agent's tree.
+            procs = None if plan.cgroup_processes is None else plan.cgroup_processes + 1
+            cg = cgroup.create(policy.name, plan.cgroup_memory, procs, feats)
         except SetupError:
             if plan.cgroup_memory is not None or plan.cgroup_processes is not None:
                 raise
@@ -106,27 +108,27 @@ def _run(plan: Plan, path: str, argv: list[str], audit: AuditLog, feats: Feature
         else None
     )
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    launcher_pid = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, reported through the socket
+
+    def agent_main(expected_parent: int) -> NoReturn:
         parent_sock.close()
-        _child(plan, path, argv, child_sock, launcher_pid, filt)
+        _child(plan, path, argv, child_sock, expected_parent, filt)
+
+    rp = reaper.start(agent_main, pidns=feats.root)
     child_sock.close()
     try:
-        return _supervise(plan, path, argv, audit, cg, parent_sock, pid)
+        return _supervise(plan, path, argv, audit, cg, parent_sock, rp)
     finally:
+        rp.kill()
+        rp.close()
         if cg is not None:
             cg.remove()
         parent_sock.close()
 
 
-def _kill_tree(cg: cgroup.Cgroup | None, pid: int) -> None:
+def _kill_tree(cg: cgroup.Cgroup | None, rp: reaper.Reaper) -> None:
     if cg is not None:
         cg.kill_all()
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+    rp.kill()
 
 
 def _supervise(
@@ -136,13 +138,13 @@ def _supervise(
     audit: AuditLog,
     cg: cgroup.Cgroup | None,
     sock: socket.socket,
-    pid: int,
+    rp: reaper.Reaper,
 ) -> RunResult:
     policy = plan.policy
-    pidfd = os.pidfd_open(pid)
     try:
         if cg is not None:
-            cg.add(pid)
+            cg.add(rp.pid)  # before the agent exists: everything it starts is counted
+        pid = rp.release()
         audit.record(
             "start",
             pid=pid,
@@ -151,26 +153,22 @@ def _supervise(
             command=[path, *argv[1:]],
             enforced=plan.enforced(),
         )
-    except (OSError, AuditError) as e:
-        _kill_tree(cg, pid)
-        os.waitpid(pid, 0)
-        os.close(pidfd)
+    except (OSError, AuditError, SetupError) as e:
+        _kill_tree(cg, rp)
+        rp.agent_status()
         raise SetupError(f"cannot start {policy.name}: {e}") from e
     sock.send(b"go")
-    sup = Supervisor(plan=plan, audit=audit, agent_pid=pid, kill_tree=lambda: _kill_tree(cg, pid))
+    sup = Supervisor(plan=plan, audit=audit, agent_pid=pid, kill_tree=lambda: _kill_tree(cg, rp))
     try:
         listener = _handshake(sock, pid, plan)
     except SetupError as e:
-        _kill_tree(cg, pid)
-        _, status = os.waitpid(pid, 0)
-        os.close(pidfd)
-        _record_exit(audit, pid, status, str(e))
+        _kill_tree(cg, rp)
+        _record_exit(audit, pid, rp.agent_status(), str(e))
         raise
     sup.listener = listener if listener is not None else -1
     try:
-        return _loop(plan, audit, sup, cg, sock, pid, pidfd)
+        return _loop(plan, audit, sup, cg, sock, rp)
     finally:
-        os.close(pidfd)
         if listener is not None:
             os.close(listener)
 
@@ -220,14 +218,14 @@ def _loop(
     sup: Supervisor,
     cg: cgroup.Cgroup | None,
     sock: socket.socket,
-    pid: int,
-    pidfd: int,
+    rp: reaper.Reaper,
 ) -> RunResult:
     policy = plan.policy
+    pid = sup.agent_pid
     sock.setblocking(False)
     broker = Broker(sock, policy, audit, pid, os.environ)
     sel = selectors.DefaultSelector()
-    sel.register(pidfd, selectors.EVENT_READ, "exit")
+    sel.register(rp.status_fd, selectors.EVENT_READ, "exit")
     sel.register(sock, selectors.EVENT_READ, "broker")
     if sup.listener >= 0:
         sel.register(sup.listener, selectors.EVENT_READ, "notify")
@@ -274,12 +272,12 @@ def _loop(
                     audit.record("lock", pid=pid, pledge=None, unveil=None, decision="deny", reason=reason)
                 print(f"sandbox: {policy.name}[{pid}]: {reason}", file=sys.stderr)
                 sup.killed_for_violation = True
-                _kill_tree(cg, pid)
+                _kill_tree(cg, rp)
                 init_deadline = None
             if deadline is not None and now >= deadline:
                 reason = f"wall-clock limit of {policy.limits.wall:g}s reached"
                 print(f"sandbox: {policy.name}[{pid}]: {reason}", file=sys.stderr)
-                _kill_tree(cg, pid)
+                _kill_tree(cg, rp)
                 deadline = None
             for key, _ in events:
                 if key.data == "notify":
@@ -291,11 +289,11 @@ def _loop(
                 elif key.data == "signal":
                     if _drain_signals(wake_r) & {signal.SIGTERM, signal.SIGHUP}:
                         reason = "launcher received a termination signal"
-                        _kill_tree(cg, pid)
+                        _kill_tree(cg, rp)
                 elif key.data == "exit":
-                    _, status = os.waitpid(pid, 0)
+                    status = rp.agent_status()
                     # The agent is done: nothing it started may outlive it.
-                    _kill_tree(cg, pid)
+                    _kill_tree(cg, rp)
                     return _finish(plan, audit, sup, cg, pid, status, reason)
     finally:
         signal.set_wakeup_fd(old_wakeup)
@@ -373,17 +371,23 @@ def _finish(
     if not reason and cg is not None and plan.cgroup_memory is not None and cg.memory_events():
         reason = f"memory limit of {plan.cgroup_memory} bytes reached"
         print(f"sandbox: {plan.policy.name}[{pid}]: {reason}", file=sys.stderr)
-    _record_exit(audit, pid, status, reason)
+    if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS and not reason):
+        _record_exit(audit, pid, status, reason)
     if sup.killed_for_violation:
         return RunResult(VIOLATION_EXIT, pid, "violation")
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig == signal.SIGSYS and not reason:
-            print(
-                f"sandbox: {plan.policy.name}[{pid}]: killed by the kernel (SIGSYS): a system call "
-                "of a foreign architecture or ABI (x32, int 0x80)",
-                file=sys.stderr,
+            reason = (
+                "killed by the kernel (SIGSYS): a call outside the init bound or outside a "
+                "narrowed pledge (enforced by the kernel alone, not recorded call by call), "
+                "or of a foreign architecture or ABI"
+                if plan.policy.lock == "agent"
+                else "killed by the kernel (SIGSYS): a system call of a foreign architecture or ABI (x32, int 0x80)"
             )
+            print(f"sandbox: {plan.policy.name}[{pid}]: {reason}", file=sys.stderr)
+            _record_exit(audit, pid, status, reason)
+            return RunResult(128 + sig, pid, reason)
         return RunResult(128 + sig, pid, reason)
     return RunResult(os.waitstatus_to_exitcode(status), pid, reason)
 
@@ -392,11 +396,12 @@ def _finish(
 
 
 def _child(
-    plan: Plan, path: str, argv: list[str], sock: socket.socket, launcher_pid: int, filt: Any
-) -> None:
+    plan: Plan, path: str, argv: list[str], sock: socket.socket, expected_parent: int, filt: Any
+) -> NoReturn:
     """Lock this process and exec the command. Never returns."""
     try:
-        hygiene.set_parent_death_signal(launcher_pid)
+        hygiene.set_parent_death_signal(expected_parent)
+        hygiene.reset_signal_dispositions()
         sock.settimeout(HANDSHAKE_TIMEOUT)
         if sock.recv(16) != b"go":
             os._exit(3)
@@ -433,6 +438,7 @@ def _lock_child(plan: Plan, sock: socket.socket, filt: Any) -> None:
         _prepare_agent_init(plan, sock)
         return
     if policy.user is not None:
+        hygiene.drop_bounding_set()  # while CAP_SETPCAP is still there
         hygiene.switch_user(policy.user)
     _place_channel(sock)
     hygiene.set_no_new_privs()
@@ -472,10 +478,16 @@ def _prepare_agent_init(plan: Plan, sock: socket.socket) -> None:
     by the agent itself through sandbox.pledge, which hands the listener to the parent."""
     policy = plan.policy
     if policy.user is not None:
+        hygiene.drop_bounding_set()  # while CAP_SETPCAP is still there
         hygiene.switch_user(policy.user)
     _place_channel(sock)
     hygiene.set_no_new_privs()
     hygiene.drop_capabilities()
+    ll = plan.landlock
+    if ll is not None and (ll.handled_net or ll.scopes):
+        # TCP ports and scopes hold from the exec on, whatever the agent declares later; the
+        # filesystem view is the agent's own to declare (within the policy) at its lock.
+        landlock.apply(replace(ll, handled_fs=0, paths=()))
     if policy.init_pledge is not None:
         # A bound the kernel holds whatever the agent's init code does: no listener (the
         # agent's own lock brings it), exec allowed for the command itself.

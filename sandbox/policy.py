@@ -27,8 +27,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from sandbox import units
-from sandbox import pathsets
+from sandbox import pathsets, units
 from sandbox.errors import PolicyError, Problem, UsageError
 from sandbox.model import (
     DEFAULT_ENV_KEEP,

@@ -63,6 +63,18 @@ def _status_field(pid: int, key: str) -> int | None:
     return None
 
 
+def _own_ns_tgid(pid: int) -> int | None:
+    """The process id of thread `pid` as that process itself sees it (innermost NStgid)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("NStgid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 @dataclass
 class Supervisor:
     plan: Plan
@@ -125,8 +137,9 @@ class Supervisor:
             return
         if handler == "self_signal":
             # kill/tkill/tgkill/rt_(tg)sigqueueinfo: the first argument names the target.
+            # The caller names itself by its pid in its own (innermost) namespace.
             target = args[0] & 0xFFFFFFFF
-            if target == (_status_field(n.pid, "Tgid") or n.pid):
+            if target == _own_ns_tgid(n.pid):
                 seccomp.respond(self.listener, n.id, continue_=True)
             else:
                 self.violation(n, name, args, promise_for(name, args))

@@ -30,12 +30,10 @@ GUARD = 60.0  # seconds: only a guard against a hung run, not a timing assertion
 
 
 def policy(name: str, pledge: str = "stdio rpath", **extra: Any) -> dict[str, Any]:
-    p: dict[str, Any] = {
-        "version": 1,
-        "name": name,
-        "pledge": pledge,
-        "unveil": {"@python": "rx", "@system": "rx"},
-    }
+    # The launcher opens the unveiled paths as the agent's user: nobody cannot reach the
+    # venv's base interpreter under /root, so agents run as nobody use /usr only.
+    unveil = {"@system": "rx"} if extra.get("user") else {"@python": "rx", "@system": "rx"}
+    p: dict[str, Any] = {"version": 1, "name": name, "pledge": pledge, "unveil": unveil}
     p.update(extra)
     return p
 
@@ -427,7 +425,7 @@ def test_unveiled_but_unreadable_for_the_user_is_refused(public_dir: Path) -> No
         "import errno\ntry:\n    print(open('secret.txt').read())\n"
         "except OSError as e:\n    print(errno.errorcode[e.errno])\n"
     )
-    unveil = {"@python": "rx", "@system": "rx", str(public_dir): "r"}
+    unveil = {"@system": "rx", str(public_dir): "r"}
     as_nobody = run_sandboxed(
         [SYSTEM_PYTHON, "-S", "-c", code],
         policy=policy("reader", user="nobody", unveil=unveil),
