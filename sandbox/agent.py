@@ -47,19 +47,32 @@ def _err(code: int, message: str) -> OSError:
 
 
 def _other_threads() -> list[str]:
-    """Live threads other than the caller, named. A thread Python has just joined can stay
-    in /proc/self/task for a moment; those (unknown to threading) are waited out briefly."""
-    me = threading.get_native_id()
+    """Live threads other than the caller, named. Read from /proc (whose pids may belong to
+    another namespace than os.getpid()'s, under the launcher). A thread Python has just
+    joined can stay in /proc/self/task for a moment; that is waited out briefly."""
     for _ in range(1000):
-        names = {t.native_id: t.name for t in threading.enumerate()}
         try:
-            tids = [int(t) for t in os.listdir("/proc/self/task") if int(t) != me]
+            me = os.readlink("/proc/thread-self").rsplit("/", 1)[-1]
+            tids = [t for t in os.listdir("/proc/self/task") if t != me]
         except OSError:
             return ["(cannot list threads)"]
-        if not tids or any(t in names for t in tids):
+        if not tids or threading.active_count() > 1:
             break
         time.sleep(0.001)
-    return [f"{names.get(t, '?')} (tid {t})" for t in tids]
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    return [f"{names.get(_own_tid(t), '?')} (tid {t})" for t in tids]
+
+
+def _own_tid(tid: str) -> int:
+    """The thread's id in our own pid namespace (the innermost of NSpid), as Python knows it."""
+    try:
+        with open(f"/proc/self/task/{tid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        pass
+    return int(tid)
 
 
 def unveil(path: str | None = None, permissions: str | None = None) -> None:

@@ -70,6 +70,18 @@ def parse_sockaddr(raw: bytes) -> tuple[int, str, int] | None:
     return None
 
 
+def _tgid(tid: int) -> int:
+    """pidfd_open() takes a process, the notification names a thread."""
+    try:
+        with open(f"/proc/{tid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return tid
+
+
 class DnsEmulator:
     def __init__(self, servers: frozenset[str] | None = None) -> None:
         self.servers = nameservers() if servers is None else servers
@@ -107,12 +119,13 @@ class DnsEmulator:
         with sock:
             if sock.type != socket.SOCK_DGRAM or sock.family != family:
                 return DnsResult(False, reason="dns allows only UDP sockets")
-            sock.setblocking(False)
+            # No setblocking(): O_NONBLOCK belongs to the open file, which the agent shares.
             try:
                 if payload is None:
                     sock.connect((host, port))
                     return DnsResult(True, value=0)
-                sent = sock.sendto(data, flags & ~socket.MSG_DONTWAIT, (host, port))
+                # MSG_DONTWAIT: the parent's loop must never block on the agent's socket.
+                sent = sock.sendto(data, flags | socket.MSG_DONTWAIT, (host, port))
                 return DnsResult(True, value=sent)
             except OSError as e:
                 return DnsResult(True, error=e.errno or errno.EIO)
@@ -121,7 +134,7 @@ class DnsEmulator:
     def _dup(pid: int, fd: int) -> int:
         """A duplicate of the agent's descriptor, or -errno."""
         try:
-            pidfd = os.pidfd_open(pid)
+            pidfd = os.pidfd_open(_tgid(pid))
         except OSError as e:
             return -(e.errno or errno.ESRCH)
         try:

@@ -242,6 +242,8 @@ def _loop(
     gate = _LockGate(plan, audit, sup, sel, pid) if policy.lock == "agent" else None
     if gate is not None:
         broker.register("lock", gate.handle)
+        if policy.init_pledge is not None:
+            sup.kernel_kill_hint = "a call outside init.pledge (the kernel enforces that bound alone)"
         sup.exec_done = True  # no launcher code runs after the exec in this mode
     init_deadline = now + policy.init_timeout if gate is not None else None
     reason = ""
@@ -353,6 +355,12 @@ class _LockGate:
             else:
                 self.sup.listener = fd
                 self.sel.register(fd, selectors.EVENT_READ, "notify")
+        self.sup.kernel_kill_hint = (
+            "a call outside the agent's narrowed pledge (enforced by the kernel alone, "
+            "not recorded call by call)"
+            if self.locked
+            else "a system call of a foreign architecture or ABI (x32, int 0x80)"
+        )
         self.locked = True
         return {"locked": True}, None
 
@@ -378,13 +386,7 @@ def _finish(
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig == signal.SIGSYS and not reason:
-            reason = (
-                "killed by the kernel (SIGSYS): a call outside the init bound or outside a "
-                "narrowed pledge (enforced by the kernel alone, not recorded call by call), "
-                "or of a foreign architecture or ABI"
-                if plan.policy.lock == "agent"
-                else "killed by the kernel (SIGSYS): a system call of a foreign architecture or ABI (x32, int 0x80)"
-            )
+            reason = f"killed by the kernel (SIGSYS): {sup.kernel_kill_hint}"
             print(f"sandbox: {plan.policy.name}[{pid}]: {reason}", file=sys.stderr)
             _record_exit(audit, pid, status, reason)
             return RunResult(128 + sig, pid, reason)

@@ -6,6 +6,11 @@ a file the agent writes and then maps executable. Landlock's execute right cover
 only, not mmap. A noexec mount covers both: the kernel refuses PROT_EXEC mappings and exec
 of any file reached through it. So every unveiled path with 'w' or 'c' and without 'x' is
 bind-mounted onto itself with MOUNT_ATTR_NOEXEC (recursively, keeping every other flag).
+
+Mount points are chosen by noexec_points(): each writable path is lifted to its highest
+ancestor on the same filesystem beneath which nothing else is unveiled, so that two
+writable directories share one mount and a rename between them is not refused with EXDEV.
+Raising it is harmless: what lies beneath and is not unveiled is invisible anyway.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ SYS_MOUNT_SETATTR = 442
 AT_RECURSIVE = 0x8000
 AT_SYMLINK_NOFOLLOW = 0x100
 MOUNT_ATTR_NOSUID = 0x2
-MOUNT_ATTR_NODEV = 0x4
 MOUNT_ATTR_NOEXEC = 0x8
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -38,8 +42,33 @@ def _fail(what: str) -> SetupError:
     return SetupError(f"{what}: {os.strerror(err)}")
 
 
+def noexec_points(writable: Sequence[str], others: Sequence[str]) -> list[str]:
+    """Mount points covering every writable path (real, absolute) and no other unveiled
+    path (`others`: unveiled paths that are read-only or executable)."""
+
+    def inside(p: str, root: str) -> bool:
+        return p == root or p.startswith(root.rstrip("/") + "/")
+
+    def blocked(candidate: str) -> bool:
+        # Lifting must not cover a read-only or executable unveil (libraries are mapped
+        # executable from those), nor climb into one.
+        return any(inside(o, candidate) or inside(candidate, o) for o in others)
+
+    points: set[str] = set()
+    for w in writable:
+        best = w  # always covered; only the lifting stops at other unveils
+        if os.path.isdir(w):
+            dev = os.stat(w).st_dev
+            parent = os.path.dirname(best)
+            while parent not in (best, "/") and os.stat(parent).st_dev == dev and not blocked(parent):
+                best, parent = parent, os.path.dirname(parent)
+        points.add(best)
+    # Drop points that lie inside another point.
+    return sorted(p for p in points if not any(p != q and inside(p, q) for q in points))
+
+
 def make_noexec(paths: Sequence[str]) -> None:
-    """Enter a private mount namespace; mount each path onto itself noexec,nosuid,nodev."""
+    """Enter a private mount namespace; mount each path onto itself noexec,nosuid."""
     if not paths:
         return
     if _libc.unshare(CLONE_NEWNS) != 0:
@@ -47,7 +76,9 @@ def make_noexec(paths: Sequence[str]) -> None:
     # Private propagation, so nothing done here reaches the host's mounts.
     if _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
         raise _fail("make / private")
-    attr = struct.pack("=QQQQ", MOUNT_ATTR_NOEXEC | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0)
+    # No MOUNT_ATTR_NODEV: it would make unveiled devices (/dev/null: rw) unusable, and
+    # adds nothing (device nodes can never be created: Landlock, seccomp, no CAP_MKNOD).
+    attr = struct.pack("=QQQQ", MOUNT_ATTR_NOEXEC | MOUNT_ATTR_NOSUID, 0, 0, 0)
     buf = ctypes.create_string_buffer(attr, len(attr))
     for path in paths:
         bpath = os.fsencode(path)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sandbox import landlock
+from sandbox import landlock, mounts
 from sandbox.errors import SetupError
 from sandbox.kernel import Features
 from sandbox.model import Policy, Unveil
@@ -192,13 +192,19 @@ def compile_plan(policy: Policy, feats: Features, environ: Mapping[str, str] | N
 
     noexec: tuple[str, ...] = ()
     if "prot_exec" not in policy.pledge:
+        present = [u for u in unveils if os.path.exists(u.path)]
+        # Directories and regular files only: a device such as /dev/null: rw stays as is.
         writable = sorted(
             {
                 os.path.realpath(u.path)
-                for u in unveils
-                if (u.perms & {"w", "c"}) and "x" not in u.perms and os.path.exists(u.path)
+                for u in present
+                if (u.perms & {"w", "c"})
+                and "x" not in u.perms
+                and (os.path.isdir(u.path) or os.path.isfile(u.path))
             }
         )
+        others = sorted({os.path.realpath(u.path) for u in present} - set(writable))
+        writable = mounts.noexec_points(writable, others)
         if writable and need(
             "noexec writable paths",
             "no executable mapping of a file the agent could have written",

@@ -100,7 +100,9 @@ _PATH_READ_CALLS = (
     "stat", "lstat", "newfstatat", "statx", "access", "faccessat", "faccessat2",
     "readlink", "readlinkat", "getdents", "getdents64", "chdir", "fchdir", "statfs",
     "getxattr", "lgetxattr", "fgetxattr", "listxattr", "llistxattr", "flistxattr",
-    "inotify_init", "inotify_init1", "inotify_add_watch", "inotify_rm_watch",
+    # No inotify_add_watch: Landlock does not check it, so it would reveal the names of
+    # files created and opened in any directory, unveiled or not.
+    "inotify_init", "inotify_init1", "inotify_rm_watch",
 )  # fmt: skip
 _CREATE_CALLS = (
     "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename", "renameat", "renameat2",
@@ -302,19 +304,23 @@ PROMISES: Mapping[str, Promise] = MappingProxyType(
                 _r("flock"),
                 *_each("fcntl", 1, _LOCK_FCNTLS),
             ),
+            # Landlock has no right for modes, times, owners or xattrs, so a path-based call
+            # would reach any file the agent's uid owns, unveiled or not (a root agent owns
+            # /bin/bash). Only the descriptor forms are allowed: the descriptor came from an
+            # open() that Landlock checked (O_PATH descriptors are refused by these calls).
+            # utimensat(fd, NULL, ...) is futimens(); AT_EMPTY_PATH forms would accept O_PATH.
             _promise(
                 "fattr",
-                "change file modes, times and extended attributes",
-                *_calls(
-                    "chmod", "fchmod", "fchmodat", "fchmodat2", "utime", "utimes", "utimensat",
-                    "futimesat", "setxattr", "lsetxattr", "fsetxattr", "removexattr",
-                    "lremovexattr", "fremovexattr",
-                ),
+                "change modes, times and extended attributes of open files (fchmod, futimens, "
+                "fsetxattr): path-based forms are refused, Landlock cannot check them",
+                *_calls("fchmod", "fsetxattr", "fremovexattr"),
+                _r("utimensat", _eq(1, 0)),
             ),
             _promise(
                 "chown",
-                "change file owners (needs CAP_CHOWN for others' ids, which is dropped)",
-                *_calls("chown", "fchown", "lchown", "fchownat"),
+                "change owners of open files (fchown; needs CAP_CHOWN for others' ids, which is "
+                "dropped): path-based forms are refused, Landlock cannot check them",
+                *_calls("fchown"),
             ),
             _promise(
                 "inet",
@@ -625,24 +631,33 @@ def match(
     return best
 
 
+# Promises named in a violation message only when nothing narrower allows the call.
+_LAST_RESORT = frozenset({"tmppath"})
+
+
 def promise_for(
-    syscall: str, args: Sequence[int], *, self_pid: int | None = None
+    syscall: str, args: Sequence[int], *, self_pid: int | None = None, have: Iterable[str] = ()
 ) -> str | None:
-    """The smallest set of promises that would allow this call, space-separated in table
-    order ("wpath", "cpath wpath"), or None if no promise ever allows it.
+    """The promises missing for this call, space-separated in table order ("wpath",
+    "cpath wpath"): the fewest beyond `have` (what the caller holds), the narrow ones before
+    tmppath. None if no promise ever allows the call.
 
     Without `self_pid`, conditions on the caller's own pid do not match (kill(self) then
     reports 'proc', which is sufficient though not necessary).
     """
     if syscall in NEVER or any(rule_matches(r, syscall, args) for r, _ in NEVER_ARGS):
         return None
+    held = frozenset(have)
     best: list[str] | None = None
+    best_key: tuple[int, bool, int] | None = None
     for name, promise in PROMISES.items():
         for rule in promise.rules:
             if rule.action == "allow" and rule_matches(rule, syscall, args, self_pid):
-                need = _canonical({name, *rule.also})
-                if best is None or len(need) < len(best):
-                    best = need
+                need = {name, *rule.also}
+                missing = need - held
+                key = (len(missing), bool(need & _LAST_RESORT), len(need))
+                if best_key is None or key < best_key:
+                    best, best_key = _canonical(missing or need), key
     if best is None:  # not allowed, but maybe handled (notify) or failed (enosys) somewhere
         for name, promise in PROMISES.items():
             for rule in promise.rules:

@@ -86,6 +86,8 @@ class Supervisor:
     killed_for_violation: bool = False
     execd: set[int] = field(default_factory=set)  # tgids that exec'd (execpromises apply)
     dns: DnsEmulator | None = None
+    # What a SIGSYS from the kernel itself (no notification) most likely was, for the message.
+    kernel_kill_hint: str = "a system call of a foreign architecture or ABI (x32, int 0x80)"
 
     def __post_init__(self) -> None:
         if "dns" in self.plan.policy.pledge:
@@ -131,7 +133,8 @@ class Supervisor:
         handler = matching_handler(self.plan.rules, name, args)
         if handler == "execpromises":
             if self._under_execpromises(n.pid):
-                self.violation(n, name, args, promise_for(name, args), note="not in execpromises")
+                exe = self.plan.policy.execpromises or frozenset()
+                self.violation(n, name, args, promise_for(name, args, have=exe), note="not in execpromises")
             else:
                 seccomp.respond(self.listener, n.id, continue_=True)
             return
@@ -142,7 +145,7 @@ class Supervisor:
             if target == _own_ns_tgid(n.pid):
                 seccomp.respond(self.listener, n.id, continue_=True)
             else:
-                self.violation(n, name, args, promise_for(name, args))
+                self.violation(n, name, args, promise_for(name, args, have=self.plan.policy.pledge))
             return
         if handler == "dns" and self.dns is not None:
             self._emulate_dns(n, name, args)
@@ -150,7 +153,7 @@ class Supervisor:
         if name in NEVER:
             self.violation(n, name, args, None)
             return
-        self.violation(n, name, args, promise_for(name, args))
+        self.violation(n, name, args, promise_for(name, args, have=self.plan.policy.pledge))
 
     def _lock_record(self, pid: int) -> None:
         pol = self.plan.policy

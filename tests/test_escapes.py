@@ -381,7 +381,9 @@ def test_written_file_cannot_be_executed(box: Box, progs: Path, layout: str) -> 
     assert "HELLO-RAN" not in r.stdout
     assert got["written"] == "ok"
     assert got["mmap_exec"] in DENIED and got["exec"] in DENIED, got
-    assert w.as_posix() in r.of_kind("start")[0]["enforced"]["noexec_writable_paths"]
+    points = r.of_kind("start")[0]["enforced"]["noexec_writable_paths"]
+    # The mount point may be an ancestor (writable paths share one mount, see mounts.py).
+    assert any(w.as_posix() == p or w.as_posix().startswith(p + "/") for p in points), points
 
 
 def test_written_file_executes_where_unveiled_x(box: Box, progs: Path) -> None:
@@ -559,7 +561,9 @@ def test_signals_out_of_the_sandbox(
     cmd = [*agent(KILL), *([str(sleeper.pid)] if target == "outside" else [])]
     r = sandboxed(box, cmd, promises="stdio rpath proc")
     got = assert_clean(r)
-    assert got == {"kill": "EPERM", "own_child": "ok"}
+    # EPERM from the Landlock signal scope, or ESRCH: the agent's pid namespace does not
+    # even contain the outside process.
+    assert got["kill"] in {"EPERM", "ESRCH"} and got["own_child"] == "ok", got
     assert sleeper.poll() is None  # still alive
     exits = r.of_kind("exit")
     assert exits and exits[0].get("status") == 0, r.records  # the launcher lived to record it
