@@ -99,6 +99,8 @@ def _lock_unveil() -> None:
     global _unveil_locked
     if _unveil_locked:
         return
+    # pledge() will need libseccomp, which the view about to be locked may not contain.
+    seccomp.preload()
     # Under the launcher the view is always locked, empty if nothing was unveiled: the
     # policy's unveil is a ceiling, and an agent that unveils nothing sees nothing.
     if _unveils or _launched():

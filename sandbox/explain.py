@@ -37,7 +37,7 @@ def explain_json(policy: Policy, feats: Features | None = None) -> dict[str, Any
                 "perms": "".join(p for p in "rwxc" if p in u.perms),
                 "landlock": landlock.right_names(landlock.rights_for(u.perms)),
                 "optional": u.optional,
-                "noexec": any(u.path == n or os.path.realpath(u.path) == n for n in plan.noexec),
+                "noexec": any(_inside(os.path.realpath(u.path), n) for n in plan.noexec),
             }
             for u in plan.unveils
         ],
@@ -61,6 +61,10 @@ def explain_json(policy: Policy, feats: Features | None = None) -> dict[str, Any
         "enforced": plan.enforced(),
         "missing": [{"name": r.name, "why": r.why, "missing": r.missing} for r in plan.missing],
     }
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _tcp_summary(policy: Policy) -> str:

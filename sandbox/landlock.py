@@ -44,6 +44,7 @@ MAKE_SYM = 1 << 12
 REFER = 1 << 13
 TRUNCATE = 1 << 14
 IOCTL_DEV = 1 << 15
+RESOLVE_UNIX = 1 << 16  # connect/sendmsg to a pathname unix socket (ABI 9)
 
 NET_BIND_TCP = 1 << 0
 NET_CONNECT_TCP = 1 << 1
@@ -57,6 +58,7 @@ FS_RIGHT_ABI: Mapping[int, int] = MappingProxyType(
         EXECUTE: 1, WRITE_FILE: 1, READ_FILE: 1, READ_DIR: 1, REMOVE_DIR: 1,
         REMOVE_FILE: 1, MAKE_CHAR: 1, MAKE_DIR: 1, MAKE_REG: 1, MAKE_SOCK: 1,
         MAKE_FIFO: 1, MAKE_BLOCK: 1, MAKE_SYM: 1, REFER: 2, TRUNCATE: 3, IOCTL_DEV: 5,
+        RESOLVE_UNIX: 9,
     }
 )
 FS_RIGHT_NAMES: Mapping[int, str] = MappingProxyType(
@@ -66,20 +68,22 @@ FS_RIGHT_NAMES: Mapping[int, str] = MappingProxyType(
         MAKE_CHAR: "make_char", MAKE_DIR: "make_dir", MAKE_REG: "make_reg",
         MAKE_SOCK: "make_sock", MAKE_FIFO: "make_fifo", MAKE_BLOCK: "make_block",
         MAKE_SYM: "make_sym", REFER: "refer", TRUNCATE: "truncate", IOCTL_DEV: "ioctl_dev",
+        RESOLVE_UNIX: "resolve_unix",
     }
 )
 NET_ABI = 4
 SCOPE_ABI = 6
 
 # Rights that make sense on a file (not a directory): the kernel refuses others.
-FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
+FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV | RESOLVE_UNIX
 
 # unveil(2) letters onto Landlock rights. 'c' creates and removes, as on OpenBSD; device
 # nodes are never creatable (MAKE_CHAR/MAKE_BLOCK are handled and never granted).
 PERM_RIGHTS: Mapping[str, int] = MappingProxyType(
     {
         "r": READ_FILE | READ_DIR,
-        "w": WRITE_FILE | TRUNCATE | IOCTL_DEV,
+        # Connecting to a unix socket is writing to it (as unveil(2) asks 'w' on OpenBSD).
+        "w": WRITE_FILE | TRUNCATE | IOCTL_DEV | RESOLVE_UNIX,
         "x": EXECUTE,
         "c": MAKE_REG | MAKE_DIR | MAKE_SYM | MAKE_SOCK | MAKE_FIFO
         | REMOVE_FILE | REMOVE_DIR | REFER,

@@ -153,12 +153,20 @@ def compile_plan(policy: Policy, feats: Features, environ: Mapping[str, str] | N
             rights = landlock.rights_for(u.perms)
             used |= rights
             paths.append(landlock.PathRule(u.path, rights))
-        for right in landlock.right_names(used):
+        # resolve_unix matters only to agents that can make unix sockets; see below.
+        for right in landlock.right_names(used & ~landlock.RESOLVE_UNIX):
             bit = next(b for b, n in landlock.FS_RIGHT_NAMES.items() if n == right)
             first = landlock.FS_RIGHT_ABI[bit]
             need(
                 f"Landlock {right}",
                 "a permission letter of unveil",
+                None if abi >= first else f"needs Landlock ABI {first}, kernel has {abi}",
+            )
+        if "unix" in policy.pledge:
+            first = landlock.FS_RIGHT_ABI[landlock.RESOLVE_UNIX]
+            need(
+                "Landlock resolve_unix",
+                "promise 'unix': connect/sendmsg only to pathname sockets unveiled 'w'",
                 None if abi >= first else f"needs Landlock ABI {first}, kernel has {abi}",
             )
         net = policy.network

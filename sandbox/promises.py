@@ -655,7 +655,7 @@ def promise_for(
             if rule.action == "allow" and rule_matches(rule, syscall, args, self_pid):
                 need = {name, *rule.also}
                 missing = need - held
-                key = (len(missing), bool(need & _LAST_RESORT), len(need))
+                key = (bool(need & _LAST_RESORT), len(missing), len(need))
                 if best_key is None or key < best_key:
                     best, best_key = _canonical(missing or need), key
     if best is None:  # not allowed, but maybe handled (notify) or failed (enosys) somewhere

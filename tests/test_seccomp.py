@@ -5,6 +5,7 @@ through a pipe on fd 3 (the broker fd, which ALWAYS lets it write). The parent a
 
 from __future__ import annotations
 
+import array  # noqa: F401  (socket.send_fds imports it: must happen before the filter)
 import ctypes
 import errno
 import mmap
@@ -265,7 +266,9 @@ def _serve(
 ) -> Callable[[int, int], None]:
     def on_listener(_pid: int, _r: int) -> None:
         ready, _, _ = select.select([parent_sock], [], [], _HANG_GUARD)
-        assert ready, "the child did not send its listener"
+        if not ready:
+            os.kill(_pid, signal.SIGKILL)
+            raise AssertionError("the child did not send its listener")
         _, fds, _, _ = socket.recv_fds(parent_sock, 16, 1)
         (lfd,) = fds
         try:
