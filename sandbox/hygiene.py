@@ -14,11 +14,10 @@ import resource
 import signal
 from collections.abc import Sequence
 
+import prctl  # python-prctl
+
 from sandbox.errors import SetupError
 
-PR_SET_NO_NEW_PRIVS = 38
-PR_GET_NO_NEW_PRIVS = 39
-PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -47,17 +46,23 @@ def _prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "") -> int:
 
 def set_parent_death_signal(expected_parent: int) -> None:
     """Die with the launcher: a parentless agent would run unsupervised."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what="PR_SET_PDEATHSIG")
+    try:
+        prctl.set_pdeathsig(signal.SIGKILL)
+    except OSError as e:
+        raise SetupError(f"PR_SET_PDEATHSIG: {e.strerror}") from e
     if os.getppid() != expected_parent:
         os._exit(137)  # the launcher died before the signal was armed
 
 
 def set_no_new_privs() -> None:
-    _prctl(PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
+    try:
+        prctl.set_no_new_privs(1)
+    except OSError as e:
+        raise SetupError(f"PR_SET_NO_NEW_PRIVS: {e.strerror}") from e
 
 
 def no_new_privs() -> bool:
-    return _prctl(PR_GET_NO_NEW_PRIVS, what="PR_GET_NO_NEW_PRIVS") == 1
+    return bool(prctl.get_no_new_privs())
 
 
 # Policy limit name -> (rlimit resource). Memory and processes are cgroup matters, see cgroup.py.
@@ -104,7 +109,11 @@ def close_fds_from(lowest: int) -> None:
 
 def drop_bounding_set() -> None:
     """Empty the bounding set and lock the securebits: root regains nothing by exec or
-    setuid. Needs CAP_SETPCAP, so it runs before a user switch takes that away."""
+    setuid. Needs CAP_SETPCAP, so it runs before a user switch takes that away.
+
+    The loop runs to the kernel's own cap_last_cap rather than python-prctl's list of
+    names, which may be older than the kernel: a capability it does not know would stay.
+    """
     try:
         with open(CAP_LAST_CAP_FILE, encoding="ascii") as f:
             last = int(f.read())
