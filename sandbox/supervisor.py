@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,7 +110,12 @@ class Supervisor:
             return False
         if n is not None:
             self.decide(n)
-        return True
+            return True
+        # Nothing to read: the target died or was interrupted, or every process using the
+        # filter is gone, which the listener reports as a hang-up forever after.
+        poller = select.poll()
+        poller.register(self.listener, select.POLLIN)
+        return not any(ev & select.POLLHUP for _, ev in poller.poll(0))
 
     def decide(self, n: seccomp.Notification) -> None:
         name = seccomp.syscall_name(n.nr)
