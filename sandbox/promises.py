@@ -649,7 +649,7 @@ def promise_for(
         return None
     held = frozenset(have)
     best: list[str] | None = None
-    best_key: tuple[int, bool, int] | None = None
+    best_key: tuple[bool, int, int] | None = None
     for name, promise in PROMISES.items():
         for rule in promise.rules:
             if rule.action == "allow" and rule_matches(rule, syscall, args, self_pid):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from progs.snippets import py, python_policy
 
 from sandbox.audit import verify
 from sandbox.testing import SANDBOX, Result, run_sandboxed, write_policy
@@ -34,18 +35,7 @@ LOCATED = re.compile(r"^(?P<file>.+):(?P<line>\d+):(?P<col>\d+): \S")
 
 
 def policy(name: str = "cli", pledge: str = "stdio rpath", **extra: Any) -> dict[str, Any]:
-    p: dict[str, Any] = {
-        "version": 1,
-        "name": name,
-        "pledge": pledge,
-        "unveil": {"@python": "rx", "@system": "rx"},
-    }
-    p.update(extra)
-    return p
-
-
-def py(code: str) -> list[str]:
-    return [sys.executable, "-c", code]
+    return python_policy(name, pledge, **extra)
 
 
 def sandbox(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from progs.snippets import py, python_policy
 
 from sandbox.testing import SANDBOX, run_sandboxed, write_policy
 
@@ -31,18 +32,7 @@ CAP_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
 
 
 def policy(name: str = "hyg", pledge: str = "stdio rpath", **extra: Any) -> dict[str, Any]:
-    p: dict[str, Any] = {
-        "version": 1,
-        "name": name,
-        "pledge": pledge,
-        "unveil": {"@python": "rx", "@system": "rx"},
-    }
-    p.update(extra)
-    return p
-
-
-def py(code: str) -> list[str]:
-    return [sys.executable, "-c", code]
+    return python_policy(name, pledge, **extra)
 
 
 def status_fields(text: str) -> dict[str, str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from progs.snippets import ATTEMPT
 
 from sandbox import landlock
 from sandbox.testing import Result, assert_denied, run_sandboxed
@@ -35,20 +36,7 @@ def unveil_python():
     for name in ("@python", "@system"):
         for p in pathsets.expand(name):
             sandbox.unveil(p, "rx")
-def attempt(name, fn):
-    try:
-        res = ["ok", fn()]
-    except OSError as e:
-        res = [e.errno, str(e)]
-    print(json.dumps({name: res}), flush=True)
-def read(p):
-    with open(p) as f:
-        return f.read()
-def create(p):
-    with open(p, "w") as f:
-        f.write("x")
-    return True
-"""
+""" + ATTEMPT
 
 
 def results(r: Result) -> dict[str, list[Any]]:

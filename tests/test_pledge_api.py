@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from progs.snippets import ATTEMPT
 
 from sandbox import landlock
 
@@ -30,20 +31,7 @@ PRELUDE = """
 import errno, json, os, sys, threading
 import sandbox
 import sandbox.agent
-def attempt(name, fn):
-    try:
-        res = ["ok", fn()]
-    except OSError as e:
-        res = [e.errno, str(e)]
-    print(json.dumps({name: res}), flush=True)
-def read(p):
-    with open(p) as f:
-        return f.read()
-def create(p):
-    with open(p, "w") as f:
-        f.write("x")
-    return True
-"""
+""" + ATTEMPT
 
 
 @dataclass

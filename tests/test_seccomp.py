@@ -274,8 +274,8 @@ def _serve(
         try:
             while True:
                 ready, _, _ = select.select([lfd, _r], [], [], _HANG_GUARD)
-                if not ready or lfd not in ready:
-                    return  # the child finished (the pipe is readable)
+                if not ready or _r in ready:
+                    return  # the child finished: it reported (or died, the pipe is at EOF)
                 n = sc.recv_notification(lfd)
                 if n is None:
                     continue
@@ -411,7 +411,8 @@ def test_install_requires_no_new_privs() -> None:
         "from sandbox import seccomp as sc, promises as P\n"
         "from sandbox.errors import SetupError\n"
         "f = sc.build_filter(P.rules_for({'stdio'}), violation='kill', self_pid=1)\n"
-        "try:\n    sc.install(f, listener=False)\nexcept SetupError as e:\n    print('refused', e)\n"
+        "try:\n    sc.install(f, listener=False)\n"
+        "except SetupError as e:\n    print('refused', e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("refused")
