@@ -24,13 +24,14 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
-from sandbox import cgroup, hygiene, landlock, lockgate, mounts, reaper, seccomp, wire
+from sandbox import cgroup, dnsrelay, hygiene, landlock, lockgate, mounts, reaper, seccomp, wire
 from sandbox.audit import AuditError, AuditLog
 from sandbox.broker import Broker
 from sandbox.errors import SetupError
@@ -160,21 +161,45 @@ def _supervise(
     sock.send(b"go")
     sup = Supervisor(plan=plan, audit=audit, agent_pid=pid, kill_tree=lambda: _kill_tree(cg, rp))
     try:
-        listener = _handshake(sock, pid, plan)
+        listener, relay_fd = _handshake(sock, pid, plan)
     except SetupError as e:
         _kill_tree(cg, rp)
         _record_exit(audit, pid, rp.agent_status(), str(e))
         raise
     sup.listener = listener if listener is not None else -1
+    relay = None
     try:
-        return _loop(plan, audit, sup, cg, sock, rp)
+        if relay_fd is not None:
+            inner = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 0, fileno=relay_fd)
+            up = dnsrelay.upstream(os.environ)
+            if up is None:
+                inner.close()
+            else:
+                relay = dnsrelay.DnsRelay(inner, up, audit, pid)
+        return _loop(plan, audit, sup, cg, sock, rp, relay)
     finally:
+        if relay is not None:
+            relay.close()
         if listener is not None:
             os.close(listener)
 
 
-def _handshake(sock: socket.socket, pid: int, plan: Plan) -> int | None:
-    """Wait for the child's listener fd (or its setup error) before anything else."""
+def _handshake(sock: socket.socket, pid: int, plan: Plan) -> tuple[int | None, int | None]:
+    """Wait for the child's listener fd (or its setup error) before anything else; with a
+    DNS relay, the relay's socket comes first. Returns (listener, relay socket)."""
+    relay: int | None = None
+    try:
+        msg, fd = _handshake_message(sock)
+        if msg.get("op") == "dns-socket" and plan.dns_relay and fd is not None:
+            relay, (msg, fd) = fd, _handshake_message(sock)
+        return _handshake_listener(plan, msg, fd), relay
+    except BaseException:
+        if relay is not None:
+            os.close(relay)
+        raise
+
+
+def _handshake_message(sock: socket.socket) -> tuple[dict[str, Any], int | None]:
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ)
     try:
@@ -183,9 +208,12 @@ def _handshake(sock: socket.socket, pid: int, plan: Plan) -> int | None:
     finally:
         sel.close()
     try:
-        msg, fd = wire.recv(sock)
+        return wire.recv(sock)
     except (wire.WireError, OSError) as e:
         raise SetupError(f"set-up failed in the child: {e}") from e
+
+
+def _handshake_listener(plan: Plan, msg: dict[str, Any], fd: int | None) -> int | None:
     op = msg.get("op")
     if op == "setup-error":
         if fd is not None:
@@ -219,6 +247,7 @@ def _loop(
     cg: cgroup.Cgroup | None,
     sock: socket.socket,
     rp: reaper.Reaper,
+    relay: dnsrelay.DnsRelay | None = None,
 ) -> RunResult:
     policy = plan.policy
     pid = sup.agent_pid
@@ -226,6 +255,9 @@ def _loop(
     broker = Broker(sock, policy, audit, pid, os.environ)
     sel = selectors.DefaultSelector()
     sel.register(rp.status_fd, selectors.EVENT_READ, "exit")
+    if relay is not None:
+        sel.register(relay.inner, selectors.EVENT_READ, "dns-query")
+        sel.register(relay.outer, selectors.EVENT_READ, "dns-answer")
     sel.register(sock, selectors.EVENT_READ, "broker")
     if sup.listener >= 0:
         sel.register(sup.listener, selectors.EVENT_READ, "notify")
@@ -285,6 +317,10 @@ def _loop(
                 if key.data == "notify":
                     if not sup.on_listener_readable():
                         sel.unregister(sup.listener)
+                elif key.data == "dns-query" and relay is not None:
+                    relay.on_query()
+                elif key.data == "dns-answer" and relay is not None:
+                    relay.on_answer()
                 elif key.data == "broker":
                     if not broker.on_readable():
                         sel.unregister(sock)
@@ -435,6 +471,7 @@ def _report(sock: socket.socket, message: str) -> None:
 def _lock_child(plan: Plan, sock: socket.socket, filt: Any) -> None:
     policy = plan.policy
     hygiene.set_rlimits(plan.rlimits)
+    _isolate_dns(plan, sock)
     mounts.make_noexec(plan.noexec)
     if policy.lock == "agent":
         _prepare_agent_init(plan, sock)
@@ -463,6 +500,24 @@ def _lock_child(plan: Plan, sock: socket.socket, filt: Any) -> None:
 
 
 _KERNEL_ACTION: dict[str, seccomp.ViolationAction] = {"kill": "kill", "errno": "errno", "log": "log"}
+
+
+def _isolate_dns(plan: Plan, sock: socket.socket) -> None:
+    """'dns' without 'inet': the agent's own network namespace and resolv.conf; the relay's
+    socket goes to the parent before anything else is said."""
+    if not plan.dns_relay:
+        return
+    relay = dnsrelay.isolate_network()
+    fd, path = tempfile.mkstemp(prefix="sandbox-resolv-", suffix=".conf")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(dnsrelay.RESOLV_CONF_TEXT)
+        os.chmod(path, 0o644)
+        mounts.bind_file(path, "/etc/resolv.conf")
+    finally:
+        os.unlink(path)  # the bind mount keeps the file; its name is not needed
+    wire.send(sock, {"id": 0, "op": "dns-socket"}, fd=relay.fileno())
+    relay.close()
 
 
 def _place_channel(sock: socket.socket) -> None:

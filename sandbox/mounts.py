@@ -67,15 +67,34 @@ def noexec_points(writable: Sequence[str], others: Sequence[str]) -> list[str]:
     return sorted(p for p in points if not any(p != q and inside(p, q) for q in points))
 
 
-def make_noexec(paths: Sequence[str]) -> None:
-    """Enter a private mount namespace; mount each path onto itself noexec,nosuid."""
-    if not paths:
+_private = False
+
+
+def _private_namespace() -> None:
+    """Enter a mount namespace of our own, once, with private propagation so nothing done
+    in it reaches the host's mounts."""
+    global _private
+    if _private:
         return
     if _libc.unshare(CLONE_NEWNS) != 0:
-        raise _fail("unshare(CLONE_NEWNS) for noexec writable paths")
-    # Private propagation, so nothing done here reaches the host's mounts.
+        raise _fail("unshare(CLONE_NEWNS)")
     if _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
         raise _fail("make / private")
+    _private = True
+
+
+def bind_file(source: str, target: str) -> None:
+    """Show `source` at `target` (a file), in the agent's own mount namespace."""
+    _private_namespace()
+    if _libc.mount(os.fsencode(source), os.fsencode(os.path.realpath(target)), None, MS_BIND, None) != 0:
+        raise _fail(f"bind-mount {source} on {target}")
+
+
+def make_noexec(paths: Sequence[str]) -> None:
+    """Mount each path onto itself noexec,nosuid, in the agent's own mount namespace."""
+    if not paths:
+        return
+    _private_namespace()
     # No MOUNT_ATTR_NODEV: it would make unveiled devices (/dev/null: rw) unusable, and
     # adds nothing (device nodes can never be created: Landlock, seccomp, no CAP_MKNOD).
     attr = struct.pack("=QQQQ", MOUNT_ATTR_NOEXEC | MOUNT_ATTR_NOSUID, 0, 0, 0)

@@ -54,6 +54,7 @@ class Plan:
     requirements: tuple[Requirement, ...]
     user_notif: bool = True
     degraded: tuple[str, ...] = field(default=())
+    dns_relay: bool = False  # 'dns' without 'inet': own network namespace, parent relays DNS
 
     @property
     def missing(self) -> list[Requirement]:
@@ -73,6 +74,7 @@ class Plan:
                 "scopes": landlock_scope_names(ll.scopes),
             },
             "noexec_writable_paths": list(self.noexec),
+            "dns": "relayed by the parent, own network namespace" if self.dns_relay else None,
             "cgroup": {"memory": self.cgroup_memory, "processes": self.cgroup_processes}
             if self.cgroup_memory is not None or self.cgroup_processes is not None
             else None,
@@ -235,6 +237,13 @@ def compile_plan(policy: Policy, feats: Features, environ: Mapping[str, str] | N
     if policy.user is not None:
         need("root", f"user: {policy.user}", None if feats.root else "the launcher is not root")
 
+    dns_relay = "dns" in policy.pledge and "inet" not in policy.pledge and need(
+        "network namespace for dns",
+        "promise 'dns' without 'inet': no datagram may leave but DNS queries (sendmsg "
+        "carries its destination where the filter cannot read it)",
+        None if feats.root else "needs root for a network namespace",
+    )
+
     rlimits = tuple(
         (RLIMIT_OF[name], int(value))
         for name, value in (("cpu", lim.cpu), ("files", lim.files), ("file_size", lim.file_size))
@@ -262,6 +271,7 @@ def compile_plan(policy: Policy, feats: Features, environ: Mapping[str, str] | N
         requirements=tuple(reqs),
         user_notif=user_notif,
         degraded=tuple(degraded),
+        dns_relay=dns_relay,
     )
 
 

@@ -232,7 +232,12 @@ _UNIX_SOCKETS = tuple(
 _NETLINK_ENOSYS = _r("socket", _eq(0, S.AF_NETLINK), action="enosys")
 _SOCKET_CALLS = ("bind", "connect", "listen", "accept", "accept4", "sendto")
 
+# glibc asks nscd (a unix socket) before reading files for names and users; when the socket
+# cannot be created it reads the files. ENOSYS keeps unix sockets closed without a violation.
+_NSCD_ENOSYS = _r("socket", _eq(0, S.AF_UNIX), _bits(1, S.SOCK_TYPE_MASK, S.SOCK_STREAM), action="enosys")
+
 _DNS = (
+    _NSCD_ENOSYS,
     *(
         _r("socket", _eq(0, af), _bits(1, S.SOCK_TYPE_MASK, t))
         for af in (S.AF_INET, S.AF_INET6)
@@ -244,6 +249,9 @@ _DNS = (
     _r("connect", action="notify", handler="dns"),
     _r("sendto", Arg(4, "ne", 0), action="notify", handler="dns"),
     _r("setsockopt", _eq(1, S.SOL_SOCKET)),
+    # glibc's resolver asks for IP_RECVERR / IPV6_RECVERR on its UDP socket.
+    _r("setsockopt", _eq(1, S.IPPROTO_IP)),
+    _r("setsockopt", _eq(1, S.IPPROTO_IPV6)),
 )
 
 
@@ -412,7 +420,9 @@ PROMISES: Mapping[str, Promise] = MappingProxyType(
             _promise(
                 "getpw",
                 "read the user and group databases (a path matter: the launcher unveils "
-                "/etc/passwd, /etc/group, /etc/nsswitch.conf read-only)",
+                "/etc/passwd, /etc/group, /etc/nsswitch.conf read-only; nscd's socket "
+                "fails with ENOSYS so glibc reads the files)",
+                _NSCD_ENOSYS,
             ),
             _promise(
                 "settime",
@@ -574,7 +584,10 @@ def rules_for(promises: Iterable[str]) -> list[Rule]:
         for rule in PROMISES[name].rules:
             if rule.also <= pledged:
                 out.setdefault(rule, None)
-    return list(out)
+    # A fallback (enosys) row is superseded by another promise's allow row of the same shape
+    # (e.g. dns's nscd row when 'unix' is pledged too).
+    allowed = {(r.syscall, r.args) for r in out if r.action == "allow"}
+    return [r for r in out if r.action == "allow" or (r.syscall, r.args) not in allowed]
 
 
 _U64 = 0xFFFFFFFFFFFFFFFF

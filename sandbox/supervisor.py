@@ -94,7 +94,8 @@ class Supervisor:
         if "dns" in self.plan.policy.pledge:
             from sandbox.dnsproxy import DnsEmulator  # only agents with 'dns' need it
 
-            self.dns = DnsEmulator()
+            # With the relay the agent's resolv.conf names 127.0.0.1 in its own namespace.
+            self.dns = DnsEmulator(frozenset({"127.0.0.1"}) if self.plan.dns_relay else None)
 
     @property
     def name(self) -> str:
