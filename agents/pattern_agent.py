@@ -35,8 +35,10 @@ def main() -> int:
     print(f"wrote {summary}")
 
     # What a tricked pattern agent might try next; each is refused by the kernel.
-    for attempt, path in (("overwrite a note", os.path.join(vault, "notes", "today.md")),
-                          ("read a secret", "/etc/shadow")):
+    for attempt, path in (
+        ("overwrite a note", os.path.join(vault, "notes", "today.md")),
+        ("read a secret", "/etc/shadow"),
+    ):
         try:
             with open(path, "a" if attempt.startswith("over") else "r", encoding="utf-8"):
                 print(f"{attempt}: allowed?!")

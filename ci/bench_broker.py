@@ -102,9 +102,20 @@ def main() -> int:
         fd = theirs.fileno()
         env = {"SANDBOX_BROKER_FD": "3", "PYTHONPATH": str(REPO), "PATH": os.environ["PATH"]}
         proc = subprocess.Popen(
-            ["/bin/bash", "-c", f'exec "$0" "$@" 3<&{fd} {fd}<&-', sys.executable, "-c", AGENT,
-             str(args.n), str(root)],
-            pass_fds=(fd,), env=env, stdout=subprocess.PIPE, text=True,
+            [
+                "/bin/bash",
+                "-c",
+                f'exec "$0" "$@" 3<&{fd} {fd}<&-',
+                sys.executable,
+                "-c",
+                AGENT,
+                str(args.n),
+                str(root),
+            ],
+            pass_fds=(fd,),
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         theirs.close()
         broker = Broker(ours, policy, audit, proc.pid, {})
@@ -136,16 +147,20 @@ def main() -> int:
             return 1
         res = json.loads(stdout)
         check = verify(log)
-        print(f"broker bench: {args.n} reads of a 100-byte file per mode, audit log on "
-              f"{log.parent} (fdatasync per commit)")
+        print(
+            f"broker bench: {args.n} reads of a 100-byte file per mode, audit log on "
+            f"{log.parent} (fdatasync per commit)"
+        )
         print(f"{'mode':<12}{'ops/s':>12}{'p50 us':>10}{'p99 us':>10}")
         for mode in ("sequential", "pipelined", "direct"):
             ops, p50, p99 = res[mode]
             print(f"{mode:<12}{ops:>12,.0f}{p50:>10.1f}{p99:>10.1f}")
-        print(f"(pipelined latency is per request, amortised over batches of 256 in windows "
-              f"of {PIPELINE_WINDOW})\naudit: {check.records} records, {commits[0]} commits, "
-              f"chain {'intact' if check.ok else 'BROKEN: ' + check.message}; "
-              f"total {elapsed:.1f}s")
+        print(
+            f"(pipelined latency is per request, amortised over batches of 256 in windows "
+            f"of {PIPELINE_WINDOW})\naudit: {check.records} records, {commits[0]} commits, "
+            f"chain {'intact' if check.ok else 'BROKEN: ' + check.message}; "
+            f"total {elapsed:.1f}s"
+        )
     return 0
 
 

@@ -36,17 +36,44 @@ def main() -> None:
     base = median_ms([true])
     rows = [("direct", base)]
     rows.append(
-        ("sandbox run", median_ms([SANDBOX, "run", "-p", "stdio", "-v", "/usr:rx", "--audit-log", log, "--", true]))
+        (
+            "sandbox run",
+            median_ms(
+                [SANDBOX, "run", "-p", "stdio", "-v", "/usr:rx", "--audit-log", log, "--", true]
+            ),
+        )
     )
     bwrap = shutil.which("bwrap")
     if bwrap:
         rows.append(
-            ("bubblewrap", median_ms([bwrap, "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib64", "/lib64",
-                                       "--unshare-all", "--die-with-parent", true]))
+            (
+                "bubblewrap",
+                median_ms(
+                    [
+                        bwrap,
+                        "--ro-bind",
+                        "/usr",
+                        "/usr",
+                        "--symlink",
+                        "usr/lib64",
+                        "/lib64",
+                        "--unshare-all",
+                        "--die-with-parent",
+                        true,
+                    ]
+                ),
+            )
         )
     firejail = shutil.which("firejail")
     if firejail:
-        rows.append(("firejail", median_ms([firejail, "--quiet", "--noprofile", "--seccomp", true], max(5, RUNS // 4))))
+        rows.append(
+            (
+                "firejail",
+                median_ms(
+                    [firejail, "--quiet", "--noprofile", "--seccomp", true], max(5, RUNS // 4)
+                ),
+            )
+        )
     print(f"== launch overhead (median of {RUNS} runs of {true})")
     for name, ms in rows:
         extra = "" if name == "direct" else f"  overhead {ms - base:7.1f} ms"
@@ -54,16 +81,35 @@ def main() -> None:
 
     prog = os.path.join(tmp, "syscall_loop")
     subprocess.run(["gcc", "-O2", "-o", prog, os.path.join(HERE, "syscall_loop.c")], check=True)
-    direct = subprocess.run([prog, str(LOOP)], capture_output=True, text=True, check=True).stdout.split()
+    direct = subprocess.run(
+        [prog, str(LOOP)], capture_output=True, text=True, check=True
+    ).stdout.split()
     sandboxed = subprocess.run(
-        [SANDBOX, "run", "-p", "stdio rpath", "-v", "/usr:rx", "-v", f"{tmp}:rx", "--audit-log", log, "--",
-         prog, str(LOOP)],
-        capture_output=True, text=True, check=True,
+        [
+            SANDBOX,
+            "run",
+            "-p",
+            "stdio rpath",
+            "-v",
+            "/usr:rx",
+            "-v",
+            f"{tmp}:rx",
+            "--audit-log",
+            log,
+            "--",
+            prog,
+            str(LOOP),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     print(f"== per-syscall cost ({LOOP} calls each, timed inside the program)")
     for i, call in enumerate(("getppid", "stat")):
         d, s = float(direct[i]), float(sandboxed[i])
-        print(f"{call:<8} direct {d:7.1f} ns  under filter {s:7.1f} ns  (+{(s - d) / d * 100:5.1f}%)")
+        print(
+            f"{call:<8} direct {d:7.1f} ns  under filter {s:7.1f} ns  (+{(s - d) / d * 100:5.1f}%)"
+        )
     shutil.rmtree(tmp, ignore_errors=True)
 
 

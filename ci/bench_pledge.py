@@ -40,7 +40,10 @@ def sample() -> float:
 def main() -> None:
     times = [sample() for _ in range(RUNS)]
     print(f"== pledge()+unveil() in a running Python process (median of {RUNS})")
-    print(f"time to lock   {statistics.median(times):7.2f} ms  (p90 {sorted(times)[int(RUNS * 0.9)]:.2f} ms)")
+    print(
+        f"time to lock   {statistics.median(times):7.2f} ms  "
+        f"(p90 {sorted(times)[int(RUNS * 0.9)]:.2f} ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -106,16 +106,25 @@ def _lock_unveil() -> None:
     if _unveils or _launched():
         others = _other_threads()
         if others:
-            raise _err(errno.EBUSY, "Landlock cannot restrict other live threads: " + ", ".join(others))
+            raise _err(
+                errno.EBUSY, "Landlock cannot restrict other live threads: " + ", ".join(others)
+            )
         abi = landlock.abi_version()
         if abi < 1:
             raise _err(errno.ENOSYS, "Landlock is not available on this kernel")
-        scopes = landlock.SCOPE_ABSTRACT_UNIX_SOCKET | landlock.SCOPE_SIGNAL if abi >= landlock.SCOPE_ABI else 0
+        scopes = (
+            landlock.SCOPE_ABSTRACT_UNIX_SOCKET | landlock.SCOPE_SIGNAL
+            if abi >= landlock.SCOPE_ABI
+            else 0
+        )
         _ensure_no_new_privs()
         landlock.apply(
             landlock.LandlockPlan(
                 handled_fs=landlock.all_fs_rights(abi),
-                paths=tuple(landlock.PathRule(p, landlock.rights_for(perms)) for p, perms in _unveils.items()),
+                paths=tuple(
+                    landlock.PathRule(p, landlock.rights_for(perms))
+                    for p, perms in _unveils.items()
+                ),
                 scopes=scopes,
             )
         )
@@ -141,7 +150,9 @@ def _launched() -> bool:
     return os.environ.get(LOCK_ENV) == "agent" and BROKER_ENV in os.environ
 
 
-def pledge(promises: str | Iterable[str] | None, execpromises: str | Iterable[str] | None = None) -> None:
+def pledge(
+    promises: str | Iterable[str] | None, execpromises: str | Iterable[str] | None = None
+) -> None:
     """Restrict the process to `promises` (and programs it execs to `execpromises`)."""
     global _promises, _execpromises, _capabilities
     with _lock:
@@ -153,14 +164,18 @@ def pledge(promises: str | Iterable[str] | None, execpromises: str | Iterable[st
             if held is not None and not new <= held:
                 raise _err(errno.EPERM, f"promise {sorted(new - held)[0]!r} is not held")
             if held is not None and not caps <= _capabilities:
-                raise _err(errno.EPERM, f"capability {sorted(caps - _capabilities)[0]!r} is not held")
+                raise _err(
+                    errno.EPERM, f"capability {sorted(caps - _capabilities)[0]!r} is not held"
+                )
         exe = _execpromises
         if execpromises is not None:
             exe, ecaps = _parse(execpromises)
             if ecaps:
                 raise _err(errno.EINVAL, "execpromises cannot name capabilities")
             if _execpromises is not None and not exe <= _execpromises:
-                raise _err(errno.EPERM, f"execpromise {sorted(exe - _execpromises)[0]!r} is not held")
+                raise _err(
+                    errno.EPERM, f"execpromise {sorted(exe - _execpromises)[0]!r} is not held"
+                )
         if new is None:
             if exe is not None:
                 raise _err(errno.EINVAL, "execpromises need promises on the first pledge")
@@ -169,11 +184,15 @@ def pledge(promises: str | Iterable[str] | None, execpromises: str | Iterable[st
         # Every refusal comes before anything is locked: a failed pledge changes nothing.
         if _launched() and not first and exe != _execpromises:
             # The parent routes the calls beyond execpromises from the first filter only.
-            raise _err(errno.EOPNOTSUPP, "under `sandbox run`, execpromises are fixed by the first pledge")
+            raise _err(
+                errno.EOPNOTSUPP, "under `sandbox run`, execpromises are fixed by the first pledge"
+            )
         if not _launched() and exe is not None and "exec" in new and not new <= exe:
             # Without a parent nobody can tell which process has exec'd: refuse rather than
             # let exec'd programs keep the full pledge.
-            raise _err(errno.EOPNOTSUPP, "execpromises narrower than the promises need `sandbox run`")
+            raise _err(
+                errno.EOPNOTSUPP, "execpromises narrower than the promises need `sandbox run`"
+            )
         # Load libseccomp before Landlock hides the files a lazy import would read.
         seccomp.preload()
         _lock_unveil()
@@ -187,21 +206,32 @@ def pledge(promises: str | Iterable[str] | None, execpromises: str | Iterable[st
         _promises, _capabilities, _execpromises = new, caps, exe
 
 
-_KERNEL_ACTIONS: dict[str, seccomp.ViolationAction] = {"kill": "kill", "errno": "errno", "log": "log"}
+_KERNEL_ACTIONS: dict[str, seccomp.ViolationAction] = {
+    "kill": "kill",
+    "errno": "errno",
+    "log": "log",
+}
 
 
 def _install_local(new: frozenset[str]) -> None:
     """A filter with no listener: the kernel itself applies the violation action."""
     violation = os.environ.get(VIOLATION_ENV, "kill") if _launched() else "kill"
     filt = seccomp.build_filter(
-        rules_for(new), violation=_KERNEL_ACTIONS.get(violation, "kill"), self_pid=os.getpid(), never_action="kill"
+        rules_for(new),
+        violation=_KERNEL_ACTIONS.get(violation, "kill"),
+        self_pid=os.getpid(),
+        never_action="kill",
     )
     seccomp.install(filt, listener=False, tsync=True)
 
 
-def _lock_with_parent(new: frozenset[str], caps: frozenset[str], exe: frozenset[str] | None) -> None:
+def _lock_with_parent(
+    new: frozenset[str], caps: frozenset[str], exe: frozenset[str] | None
+) -> None:
     rules = seccomp_rules(new, exe)
-    filt = seccomp.build_filter(list(rules), violation="notify", self_pid=os.getpid(), never_action="notify")
+    filt = seccomp.build_filter(
+        list(rules), violation="notify", self_pid=os.getpid(), never_action="notify"
+    )
     listener = seccomp.install(filt, listener=True, tsync=True)
     try:
         _tell_parent(new, caps, exe, listener=listener)

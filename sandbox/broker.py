@@ -544,7 +544,12 @@ class Broker:
         # Dropping the channel is the safe side whether or not it can be recorded.
         with contextlib.suppress(AuditError, ValueError):
             self.audit.record(
-                "op", pid=self.pid, op="channel", resource="", path="", decision="deny",
+                "op",
+                pid=self.pid,
+                op="channel",
+                resource="",
+                path="",
+                decision="deny",
                 reason=reason,
             )
         # Shut down, not close: the loop still holds the fd number in its selector and

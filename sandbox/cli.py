@@ -14,7 +14,8 @@ from typing import NoReturn
 
 from sandbox.errors import PolicyError, SandboxError, UsageError
 
-RUN_USAGE = """usage: sandbox run [POLICY] [-p PROMISES] [-v PATH:PERMS]... [--audit-log FILE] [--] [COMMAND ARG...]
+RUN_USAGE = """usage: sandbox run [POLICY] [-p PROMISES] [-v PATH:PERMS]... [--audit-log FILE]
+                   [--] [COMMAND ARG...]
 
 Run COMMAND under POLICY (a YAML file), or under the promises and unveiled paths given
 with -p and -v alone. With a POLICY, -p and -v can only narrow it.
@@ -33,11 +34,15 @@ def default_audit_log() -> str:
     env = os.environ.get("SANDBOX_AUDIT_LOG")
     if env:
         return env
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
     return os.path.join(state, "outheis-sandbox", "audit.jsonl")
 
 
-def parse_run_args(args: Sequence[str]) -> tuple[str | None, str | None, list[str], str | None, list[str]]:
+def parse_run_args(
+    args: Sequence[str],
+) -> tuple[str | None, str | None, list[str], str | None, list[str]]:
     """(policy, promises, unveils, audit_log, command) from `sandbox run` arguments."""
     policy: str | None = None
     promises: str | None = None
@@ -89,7 +94,11 @@ def run_command(args: Sequence[str]) -> int:
     base = load_policy(policy_path) if policy_path else None
     if base is None and promises is None:
         raise UsageError("give a POLICY file or promises with -p (see sandbox run --help)")
-    policy = narrow(base, promises, unveils) if (base is None or promises is not None or unveils) else base
+    policy = (
+        narrow(base, promises, unveils)
+        if (base is None or promises is not None or unveils)
+        else base
+    )
     log = audit_log or default_audit_log()
     if audit_log is None:
         os.makedirs(os.path.dirname(log), mode=0o700, exist_ok=True)

@@ -21,7 +21,11 @@ app.add_typer(audit_app, name="audit")
 
 
 @app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    },
     help="Run a command under a policy: sandbox run [POLICY] [-p PROMISES] [-v PATH:PERMS]... "
     "[--audit-log FILE] [--] [COMMAND ARG...] (see sandbox run --help).",
 )
@@ -65,7 +69,9 @@ def promises(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     print(format_json() if as_json else format_table())
 
 
-@app.command(help="What this kernel can enforce; with a policy, what it would lose under best_effort.")
+@app.command(
+    help="What this kernel can enforce; with a policy, what it would lose under best_effort."
+)
 def doctor(
     policy: Annotated[str | None, typer.Argument(help="policy file (optional)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,

@@ -94,7 +94,13 @@ class DnsEmulator:
         return DnsResult(False, reason=f"{name} is not a dns call")
 
     def _call(
-        self, pid: int, fd: int, addr: int, addrlen: int, payload: tuple[int, int] | None, flags: int
+        self,
+        pid: int,
+        fd: int,
+        addr: int,
+        addrlen: int,
+        payload: tuple[int, int] | None,
+        flags: int,
     ) -> DnsResult:
         if not 0 < addrlen <= 128:
             return DnsResult(False, reason="bad address length")
@@ -107,7 +113,9 @@ class DnsEmulator:
             return DnsResult(False, reason="not an IPv4/IPv6 address")
         family, host, port = parsed
         if port != 53 or host not in self.servers:
-            return DnsResult(False, reason=f"{host} port {port} is not a nameserver of {RESOLV_CONF}")
+            return DnsResult(
+                False, reason=f"{host} port {port} is not a nameserver of {RESOLV_CONF}"
+            )
         dup = self._dup(pid, fd)
         if dup < 0:
             return DnsResult(True, error=-dup)

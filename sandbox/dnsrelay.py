@@ -76,7 +76,9 @@ def query_name(packet: bytes) -> str:
 class DnsRelay:
     """Datagrams from the agent's namespace to the upstream nameserver and back."""
 
-    def __init__(self, inner: socket.socket, upstream_addr: tuple[str, int], audit: AuditLog, pid: int) -> None:
+    def __init__(
+        self, inner: socket.socket, upstream_addr: tuple[str, int], audit: AuditLog, pid: int
+    ) -> None:
         self.inner = inner
         self.inner.setblocking(False)
         family = socket.AF_INET6 if ":" in upstream_addr[0] else socket.AF_INET
@@ -100,7 +102,12 @@ class DnsRelay:
             name = query_name(data)
             try:
                 self.audit.record(
-                    "op", pid=self.pid, op="dns", resource="dns", path=name, decision="allow",
+                    "op",
+                    pid=self.pid,
+                    op="dns",
+                    resource="dns",
+                    path=name,
+                    decision="allow",
                     reason="promise 'dns'",
                 )
             except (AuditError, ValueError):

@@ -72,7 +72,8 @@ def _tcp_summary(policy: Policy) -> str:
         return "none (no 'inet')"
     if policy.network is None:
         return "any port (no network: section)"
-    return f"connect {list(policy.network.connect) or 'none'}, bind {list(policy.network.bind) or 'none'}"
+    net = policy.network
+    return f"connect {list(net.connect) or 'none'}, bind {list(net.bind) or 'none'}"
 
 
 def explain_text(policy: Policy, feats: Features | None = None) -> str:
@@ -95,7 +96,9 @@ def explain_text(policy: Policy, feats: Features | None = None) -> str:
     for u in data["unveil"]:
         flags = " (optional)" if u["optional"] else ""
         flags += " noexec" if u["noexec"] else ""
-        out.append(f"{u['path']:<40} {u['perms'] or '-':<6} {', '.join(u['landlock']) or 'none'}{flags}")
+        out.append(
+            f"{u['path']:<40} {u['perms'] or '-':<6} {', '.join(u['landlock']) or 'none'}{flags}"
+        )
     out += ["", f"TCP         {data['tcp']}"]
     if data["resources"]:
         out += ["", "RESOURCE     TYPE  WHERE"]
@@ -154,6 +157,10 @@ def doctor_text(policy: Policy | None = None, feats: Features | None = None) -> 
     ]
     if "policy" in d:
         lost = d["lost_under_best_effort"]
-        lines += ["", f"policy {d['policy']}: " + ("fully enforceable" if not lost else "would lose under best_effort:")]
+        lines += [
+            "",
+            f"policy {d['policy']}: "
+            + ("fully enforceable" if not lost else "would lose under best_effort:"),
+        ]
         lines += [f"  {x}" for x in lost]
     return "\n".join(lines)

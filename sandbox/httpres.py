@@ -252,7 +252,9 @@ def perform(req: Prepared) -> Response:
     import urllib.request
 
     # No proxy handler: the environment of the parent must not reroute the agent's requests.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _pinned_redirects(req.prefix))
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), _pinned_redirects(req.prefix)
+    )
     request = urllib.request.Request(req.url, data=req.body, method=req.method)
     for name, value in req.headers.items():
         request.add_header(name, value)

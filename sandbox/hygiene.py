@@ -32,7 +32,13 @@ SYS_CLOSE_RANGE = 436
 SYS_CAPSET = 126
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.prctl.argtypes = [
+    ctypes.c_int,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+]
 _libc.syscall.restype = ctypes.c_long
 
 
@@ -123,7 +129,9 @@ def drop_bounding_set() -> None:
         if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
             err = ctypes.get_errno()
             if err != 22:  # EINVAL: not a capability on this kernel
-                raise SetupError(f"cannot drop capability {cap} from the bounding set: {os.strerror(err)}")
+                raise SetupError(
+                    f"cannot drop capability {cap} from the bounding set: {os.strerror(err)}"
+                )
     _prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED, what="PR_SET_SECUREBITS")
 
 

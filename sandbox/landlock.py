@@ -55,19 +55,43 @@ SCOPE_SIGNAL = 1 << 1
 # Which ABI first knows each right: a right the kernel does not know cannot be enforced.
 FS_RIGHT_ABI: Mapping[int, int] = MappingProxyType(
     {
-        EXECUTE: 1, WRITE_FILE: 1, READ_FILE: 1, READ_DIR: 1, REMOVE_DIR: 1,
-        REMOVE_FILE: 1, MAKE_CHAR: 1, MAKE_DIR: 1, MAKE_REG: 1, MAKE_SOCK: 1,
-        MAKE_FIFO: 1, MAKE_BLOCK: 1, MAKE_SYM: 1, REFER: 2, TRUNCATE: 3, IOCTL_DEV: 5,
+        EXECUTE: 1,
+        WRITE_FILE: 1,
+        READ_FILE: 1,
+        READ_DIR: 1,
+        REMOVE_DIR: 1,
+        REMOVE_FILE: 1,
+        MAKE_CHAR: 1,
+        MAKE_DIR: 1,
+        MAKE_REG: 1,
+        MAKE_SOCK: 1,
+        MAKE_FIFO: 1,
+        MAKE_BLOCK: 1,
+        MAKE_SYM: 1,
+        REFER: 2,
+        TRUNCATE: 3,
+        IOCTL_DEV: 5,
         RESOLVE_UNIX: 9,
     }
 )
 FS_RIGHT_NAMES: Mapping[int, str] = MappingProxyType(
     {
-        EXECUTE: "execute", WRITE_FILE: "write_file", READ_FILE: "read_file",
-        READ_DIR: "read_dir", REMOVE_DIR: "remove_dir", REMOVE_FILE: "remove_file",
-        MAKE_CHAR: "make_char", MAKE_DIR: "make_dir", MAKE_REG: "make_reg",
-        MAKE_SOCK: "make_sock", MAKE_FIFO: "make_fifo", MAKE_BLOCK: "make_block",
-        MAKE_SYM: "make_sym", REFER: "refer", TRUNCATE: "truncate", IOCTL_DEV: "ioctl_dev",
+        EXECUTE: "execute",
+        WRITE_FILE: "write_file",
+        READ_FILE: "read_file",
+        READ_DIR: "read_dir",
+        REMOVE_DIR: "remove_dir",
+        REMOVE_FILE: "remove_file",
+        MAKE_CHAR: "make_char",
+        MAKE_DIR: "make_dir",
+        MAKE_REG: "make_reg",
+        MAKE_SOCK: "make_sock",
+        MAKE_FIFO: "make_fifo",
+        MAKE_BLOCK: "make_block",
+        MAKE_SYM: "make_sym",
+        REFER: "refer",
+        TRUNCATE: "truncate",
+        IOCTL_DEV: "ioctl_dev",
         RESOLVE_UNIX: "resolve_unix",
     }
 )
@@ -85,8 +109,14 @@ PERM_RIGHTS: Mapping[str, int] = MappingProxyType(
         # Connecting to a unix socket is writing to it (as unveil(2) asks 'w' on OpenBSD).
         "w": WRITE_FILE | TRUNCATE | IOCTL_DEV | RESOLVE_UNIX,
         "x": EXECUTE,
-        "c": MAKE_REG | MAKE_DIR | MAKE_SYM | MAKE_SOCK | MAKE_FIFO
-        | REMOVE_FILE | REMOVE_DIR | REFER,
+        "c": MAKE_REG
+        | MAKE_DIR
+        | MAKE_SYM
+        | MAKE_SOCK
+        | MAKE_FIFO
+        | REMOVE_FILE
+        | REMOVE_DIR
+        | REFER,
     }
 )
 
@@ -144,7 +174,9 @@ def _libc() -> ctypes.CDLL:
 def _check(res: int, what: str) -> int:
     if res < 0:
         err = ctypes.get_errno()
-        raise SetupError(f"landlock: {what}: {os.strerror(err)} (errno {errno.errorcode.get(err, err)})")
+        raise SetupError(
+            f"landlock: {what}: {os.strerror(err)} (errno {errno.errorcode.get(err, err)})"
+        )
     return res
 
 
@@ -198,4 +230,6 @@ def _add_port_rule(libc: ctypes.CDLL, rfd: int, access: int, port: int) -> None:
 
 def missing_for(plan_needs: Sequence[tuple[str, int]], abi: int) -> list[str]:
     """Features (name, first ABI) that this kernel's ABI lacks, for fail-closed checks."""
-    return [f"{name} (Landlock ABI {need}, kernel has {abi})" for name, need in plan_needs if abi < need]
+    return [
+        f"{name} (Landlock ABI {need}, kernel has {abi})" for name, need in plan_needs if abi < need
+    ]

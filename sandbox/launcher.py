@@ -104,7 +104,9 @@ def _run(plan: Plan, path: str, argv: list[str], audit: AuditLog, feats: Feature
     # from disk (libseccomp, the modules it imports) must be loaded now, in the parent.
     # The filter is built here, before the fork (it names no pid), so the child only loads it.
     filt = (
-        seccomp.build_filter(plan.rules, violation="notify", self_pid=os.getpid(), never_action="notify")
+        seccomp.build_filter(
+            plan.rules, violation="notify", self_pid=os.getpid(), never_action="notify"
+        )
         if plan.user_notif and policy.lock == "exec"
         else None
     )
@@ -268,14 +270,19 @@ def _loop(
     old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
     # The terminal's ^C and ^\ reach the agent directly (same process group); the launcher
     # outlives them to record the exit. TERM and HUP to the launcher end the agent.
-    old_handlers = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)}
+    old_handlers = {
+        s: signal.signal(s, lambda *_: None)
+        for s in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)
+    }
     now = time.monotonic()
     deadline = now + policy.limits.wall if policy.limits.wall else None
     gate = _LockGate(plan, audit, sup, sel, pid) if policy.lock == "agent" else None
     if gate is not None:
         broker.register("lock", gate.handle)
         if policy.init_pledge is not None:
-            sup.kernel_kill_hint = "a call outside init.pledge (the kernel enforces that bound alone)"
+            sup.kernel_kill_hint = (
+                "a call outside init.pledge (the kernel enforces that bound alone)"
+            )
         sup.exec_done = True  # no launcher code runs after the exec in this mode
     init_deadline = now + policy.init_timeout if gate is not None else None
     reason = ""
@@ -287,7 +294,9 @@ def _loop(
         if fd is not None:
             os.close(fd)
         if not exec_error and not gate:
-            exec_error.append(str(request.get("message", ""))[:500].encode("unicode_escape").decode())
+            exec_error.append(
+                str(request.get("message", ""))[:500].encode("unicode_escape").decode()
+            )
             print(f"sandbox: {policy.name}[{pid}]: {exec_error[0]}", file=sys.stderr)
         return {}, None
 
@@ -303,7 +312,9 @@ def _loop(
             if init_deadline is not None and now >= init_deadline:
                 reason = f"did not lock within init.timeout of {policy.init_timeout:g}s"
                 with contextlib.suppress(AuditError):
-                    audit.record("lock", pid=pid, pledge=None, unveil=None, decision="deny", reason=reason)
+                    audit.record(
+                        "lock", pid=pid, pledge=None, unveil=None, decision="deny", reason=reason
+                    )
                 print(f"sandbox: {policy.name}[{pid}]: {reason}", file=sys.stderr)
                 sup.killed_for_violation = True
                 _kill_tree(cg, rp)
@@ -346,7 +357,9 @@ def _loop(
 class _LockGate:
     """The broker op "lock" (lock: agent): check, record, then take the listener."""
 
-    def __init__(self, plan: Plan, audit: AuditLog, sup: Supervisor, sel: selectors.BaseSelector, pid: int) -> None:
+    def __init__(
+        self, plan: Plan, audit: AuditLog, sup: Supervisor, sel: selectors.BaseSelector, pid: int
+    ) -> None:
         self.plan, self.audit, self.sup, self.sel, self.pid = plan, audit, sup, sel, pid
         self.locked = False
 
@@ -362,8 +375,12 @@ class _LockGate:
                 os.close(fd)
             with contextlib.suppress(AuditError):
                 self.audit.record(
-                    "lock", pid=self.pid, pledge=request.get("pledge"), unveil=request.get("unveil"),
-                    decision="deny", reason=str(e),
+                    "lock",
+                    pid=self.pid,
+                    pledge=request.get("pledge"),
+                    unveil=request.get("unveil"),
+                    decision="deny",
+                    reason=str(e),
                 )
             print(f"sandbox: {policy.name}[{self.pid}]: lock refused: {e}", file=sys.stderr)
             self.sup.killed_for_violation = True
@@ -373,7 +390,9 @@ class _LockGate:
             "pid": self.pid,
             "pledge": " ".join(sorted([*decl.pledge, *(f"{r}:{x}" for r, x in decl.capabilities)])),
             "unveil": {u.path: "".join(sorted(u.perms)) for u in decl.unveil},
-            "execpromises": None if decl.execpromises is None else " ".join(sorted(decl.execpromises)),
+            "execpromises": None
+            if decl.execpromises is None
+            else " ".join(sorted(decl.execpromises)),
         }
         try:
             self.audit.record("lock", **fields)
@@ -384,7 +403,9 @@ class _LockGate:
             self.sup.kill_tree()
             raise
         narrowed = lockgate.narrowed_policy(policy, decl)
-        self.sup.plan = replace(self.sup.plan, policy=narrowed, rules=seccomp_rules(decl.pledge, decl.execpromises))
+        self.sup.plan = replace(
+            self.sup.plan, policy=narrowed, rules=seccomp_rules(decl.pledge, decl.execpromises)
+        )
         if fd is not None:
             if self.locked:
                 os.close(fd)  # one listener per filter chain; later locks only narrow
@@ -410,7 +431,13 @@ def _drain_signals(sock: socket.socket) -> set[int]:
 
 
 def _finish(
-    plan: Plan, audit: AuditLog, sup: Supervisor, cg: cgroup.Cgroup | None, pid: int, status: int, reason: str
+    plan: Plan,
+    audit: AuditLog,
+    sup: Supervisor,
+    cg: cgroup.Cgroup | None,
+    pid: int,
+    status: int,
+    reason: str,
 ) -> RunResult:
     if not reason and cg is not None and plan.cgroup_memory is not None and cg.memory_events():
         reason = f"memory limit of {plan.cgroup_memory} bytes reached"
@@ -486,7 +513,10 @@ def _lock_child(plan: Plan, sock: socket.socket, filt: Any) -> None:
         landlock.apply(plan.landlock)
     if filt is None:  # best_effort without user notification: the kernel acts alone
         filt = seccomp.build_filter(
-            plan.rules, violation=_KERNEL_ACTION[policy.violation], self_pid=os.getpid(), never_action="kill"
+            plan.rules,
+            violation=_KERNEL_ACTION[policy.violation],
+            self_pid=os.getpid(),
+            never_action="kill",
         )
     channel = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=wire.BROKER_FD)
     listener = seccomp.install(filt, listener=plan.user_notif)
@@ -499,7 +529,11 @@ def _lock_child(plan: Plan, sock: socket.socket, filt: Any) -> None:
     channel.detach()
 
 
-_KERNEL_ACTION: dict[str, seccomp.ViolationAction] = {"kill": "kill", "errno": "errno", "log": "log"}
+_KERNEL_ACTION: dict[str, seccomp.ViolationAction] = {
+    "kill": "kill",
+    "errno": "errno",
+    "log": "log",
+}
 
 
 def _isolate_dns(plan: Plan, sock: socket.socket) -> None:
@@ -549,7 +583,9 @@ def _prepare_agent_init(plan: Plan, sock: socket.socket) -> None:
         # A bound the kernel holds whatever the agent's init code does: no listener (the
         # agent's own lock brings it), exec allowed for the command itself.
         bound = [*rules_for(policy.init_pledge | {"unveil"}), *INIT_EXEC_RULES]
-        filt = seccomp.build_filter(bound, violation="kill", self_pid=os.getpid(), never_action="kill")
+        filt = seccomp.build_filter(
+            bound, violation="kill", self_pid=os.getpid(), never_action="kill"
+        )
         seccomp.install(filt, listener=False)
     channel = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=wire.BROKER_FD)
     wire.send(channel, {"id": 0, "op": "ready"})

@@ -81,10 +81,14 @@ def check(policy: Policy, decl: Declaration) -> None:
         # Symlinks are resolved on both sides: Landlock grants on what the path reaches.
         real = os.path.realpath(u.path)
         covering = [
-            p for p in policy.unveil if _inside(real, os.path.realpath(p.path)) and u.perms <= p.perms
+            p
+            for p in policy.unveil
+            if _inside(real, os.path.realpath(p.path)) and u.perms <= p.perms
         ]
         if not covering:
-            raise Refused(f"unveil {u.path}:{''.join(sorted(u.perms))} is not within the policy's unveil")
+            raise Refused(
+                f"unveil {u.path}:{''.join(sorted(u.perms))} is not within the policy's unveil"
+            )
 
 
 def narrowed_policy(policy: Policy, decl: Declaration) -> Policy:

@@ -34,7 +34,13 @@ MOUNT_ATTR_NOEXEC = 0x8
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_void_p,
+]
 
 
 def _fail(what: str) -> SetupError:
@@ -60,7 +66,9 @@ def noexec_points(writable: Sequence[str], others: Sequence[str]) -> list[str]:
         if os.path.isdir(w):
             dev = os.stat(w).st_dev
             parent = os.path.dirname(best)
-            while parent not in (best, "/") and os.stat(parent).st_dev == dev and not blocked(parent):
+            while (
+                parent not in (best, "/") and os.stat(parent).st_dev == dev and not blocked(parent)
+            ):
                 best, parent = parent, os.path.dirname(parent)
         points.add(best)
     # Drop points that lie inside another point.
@@ -86,7 +94,10 @@ def _private_namespace() -> None:
 def bind_file(source: str, target: str) -> None:
     """Show `source` at `target` (a file), in the agent's own mount namespace."""
     _private_namespace()
-    if _libc.mount(os.fsencode(source), os.fsencode(os.path.realpath(target)), None, MS_BIND, None) != 0:
+    if (
+        _libc.mount(os.fsencode(source), os.fsencode(os.path.realpath(target)), None, MS_BIND, None)
+        != 0
+    ):
         raise _fail(f"bind-mount {source} on {target}")
 
 

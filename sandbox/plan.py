@@ -28,7 +28,11 @@ EXEC_RULES = (
 )
 EXEC_SYSCALLS = frozenset(r.syscall for r in EXEC_RULES)
 
-RLIMIT_OF = {"cpu": resource.RLIMIT_CPU, "files": resource.RLIMIT_NOFILE, "file_size": resource.RLIMIT_FSIZE}
+RLIMIT_OF = {
+    "cpu": resource.RLIMIT_CPU,
+    "files": resource.RLIMIT_NOFILE,
+    "file_size": resource.RLIMIT_FSIZE,
+}
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,10 @@ class Plan:
 
 
 def landlock_scope_names(scopes: int) -> list[str]:
-    names = {landlock.SCOPE_ABSTRACT_UNIX_SOCKET: "abstract_unix_socket", landlock.SCOPE_SIGNAL: "signal"}
+    names = {
+        landlock.SCOPE_ABSTRACT_UNIX_SOCKET: "abstract_unix_socket",
+        landlock.SCOPE_SIGNAL: "signal",
+    }
     return [n for bit, n in names.items() if scopes & bit]
 
 
@@ -120,7 +127,9 @@ def seccomp_rules(pledge: Iterable[str], execpromises: Iterable[str] | None) -> 
     if execpromises is not None:
         narrow = set(rules_for(set(execpromises) & pledge))
         base = [
-            r if r in narrow or r.action != "allow" else replace(r, action="notify", handler="execpromises")
+            r
+            if r in narrow or r.action != "allow"
+            else replace(r, action="notify", handler="execpromises")
             for r in base
         ]
     return (*base, *EXEC_RULES)
@@ -146,7 +155,9 @@ def compile_plan(policy: Policy, feats: Features, environ: Mapping[str, str] | N
     unveils = effective_unveils(policy)
     abi = feats.landlock_abi
     ll: landlock.LandlockPlan | None = None
-    if need("Landlock", "unveil: the filesystem view", None if abi >= 1 else "Landlock not available"):
+    if need(
+        "Landlock", "unveil: the filesystem view", None if abi >= 1 else "Landlock not available"
+    ):
         used = 0
         paths = []
         for u in unveils:
@@ -177,7 +188,9 @@ def compile_plan(policy: Policy, feats: Features, environ: Mapping[str, str] | N
             ok = need(
                 "Landlock TCP rules",
                 "network.connect / network.bind",
-                None if abi >= landlock.NET_ABI else f"needs Landlock ABI {landlock.NET_ABI}, kernel has {abi}",
+                None
+                if abi >= landlock.NET_ABI
+                else f"needs Landlock ABI {landlock.NET_ABI}, kernel has {abi}",
             )
             handled_net = landlock.NET_BIND_TCP | landlock.NET_CONNECT_TCP if ok else 0
         elif "inet" not in policy.pledge and abi >= landlock.NET_ABI:
@@ -187,7 +200,9 @@ def compile_plan(policy: Policy, feats: Features, environ: Mapping[str, str] | N
         if need(
             "Landlock scopes",
             "no signals or abstract unix sockets to processes outside the sandbox",
-            None if abi >= landlock.SCOPE_ABI else f"needs Landlock ABI {landlock.SCOPE_ABI}, kernel has {abi}",
+            None
+            if abi >= landlock.SCOPE_ABI
+            else f"needs Landlock ABI {landlock.SCOPE_ABI}, kernel has {abi}",
         ):
             scopes = landlock.SCOPE_ABSTRACT_UNIX_SOCKET | landlock.SCOPE_SIGNAL
         ll = landlock.LandlockPlan(
@@ -230,18 +245,24 @@ def compile_plan(policy: Policy, feats: Features, environ: Mapping[str, str] | N
         if not need(
             "cgroup pids+memory",
             "limits.processes / limits.memory for the whole process tree",
-            None if can else "no delegated cgroup v2 with pids and memory, and not root for cgroup v1",
+            None
+            if can
+            else "no delegated cgroup v2 with pids and memory, and not root for cgroup v1",
         ):
             lim = replace(lim, memory=None, processes=None)
 
     if policy.user is not None:
         need("root", f"user: {policy.user}", None if feats.root else "the launcher is not root")
 
-    dns_relay = "dns" in policy.pledge and "inet" not in policy.pledge and need(
-        "network namespace for dns",
-        "promise 'dns' without 'inet': no datagram may leave but DNS queries (sendmsg "
-        "carries its destination where the filter cannot read it)",
-        None if feats.root else "needs root for a network namespace",
+    dns_relay = (
+        "dns" in policy.pledge
+        and "inet" not in policy.pledge
+        and need(
+            "network namespace for dns",
+            "promise 'dns' without 'inet': no datagram may leave but DNS queries (sendmsg "
+            "carries its destination where the filter cannot read it)",
+            None if feats.root else "needs root for a network namespace",
+        )
     )
 
     rlimits = tuple(

@@ -898,9 +898,14 @@ def _unveil(ctx: _Ctx, node: yaml.Node) -> tuple[Unveil, ...]:
         if path.startswith("@"):
             expanded = pathsets.expand(path)
             if expanded is None:
-                ctx.error(key_node, f"unknown path set '{path}' (known: {', '.join(sorted(pathsets.PATH_SETS))})")
+                ctx.error(
+                    key_node,
+                    f"unknown path set '{path}' (known: {', '.join(sorted(pathsets.PATH_SETS))})",
+                )
             elif perms is not None:
-                out.extend(Unveil(p, perms, True) for p in expanded if p not in {u.path for u in out})
+                out.extend(
+                    Unveil(p, perms, True) for p in expanded if p not in {u.path for u in out}
+                )
             continue
         resolved = _resolve(ctx.base_dir, path)
         if resolved in seen:
@@ -1186,7 +1191,8 @@ def _parse_cli_unveils(spec: str, cwd: str) -> list[Unveil]:
     if sep and raw.startswith("@"):
         expanded = pathsets.expand(raw)
         if expanded is None:
-            raise UsageError(f"-v '{spec}': unknown path set '{raw}' (known: {', '.join(sorted(pathsets.PATH_SETS))})")
+            known = ", ".join(sorted(pathsets.PATH_SETS))
+            raise UsageError(f"-v '{spec}': unknown path set '{raw}' (known: {known})")
         return [_parse_cli_unveil(f"{p}:{letters}", cwd) for p in expanded]
     return [_parse_cli_unveil(spec, cwd)]
 

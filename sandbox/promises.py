@@ -234,7 +234,9 @@ _SOCKET_CALLS = ("bind", "connect", "listen", "accept", "accept4", "sendto")
 
 # glibc asks nscd (a unix socket) before reading files for names and users; when the socket
 # cannot be created it reads the files. ENOSYS keeps unix sockets closed without a violation.
-_NSCD_ENOSYS = _r("socket", _eq(0, S.AF_UNIX), _bits(1, S.SOCK_TYPE_MASK, S.SOCK_STREAM), action="enosys")
+_NSCD_ENOSYS = _r(
+    "socket", _eq(0, S.AF_UNIX), _bits(1, S.SOCK_TYPE_MASK, S.SOCK_STREAM), action="enosys"
+)
 
 _DNS = (
     _NSCD_ENOSYS,
@@ -302,7 +304,12 @@ PROMISES: Mapping[str, Promise] = MappingProxyType(
                 "/tmp rwc (Landlock decides where)",
                 _OPENAT2_ENOSYS,
                 *_calls(
-                    "open", "openat", "creat", "truncate", "getcwd", *_CREATE_CALLS,
+                    "open",
+                    "openat",
+                    "creat",
+                    "truncate",
+                    "getcwd",
+                    *_CREATE_CALLS,
                     *_PATH_READ_CALLS,
                 ),
             ),
@@ -337,8 +344,11 @@ PROMISES: Mapping[str, Promise] = MappingProxyType(
                 *_INET_SOCKETS,
                 _NETLINK_ENOSYS,
                 *_calls(*_SOCKET_CALLS),
-                *_each("setsockopt", 1, (S.SOL_SOCKET, S.IPPROTO_IP, S.IPPROTO_TCP,
-                                         S.IPPROTO_UDP, S.IPPROTO_IPV6)),
+                *_each(
+                    "setsockopt",
+                    1,
+                    (S.SOL_SOCKET, S.IPPROTO_IP, S.IPPROTO_TCP, S.IPPROTO_UDP, S.IPPROTO_IPV6),
+                ),
             ),
             _promise(
                 "unix",
@@ -371,12 +381,28 @@ PROMISES: Mapping[str, Promise] = MappingProxyType(
                 "groups and sessions, priorities, signals to any process (Landlock scopes "
                 "keep signals inside the sandbox)",
                 *_calls(
-                    "fork", "vfork", "setpgid", "setsid", "getpriority", "setpriority",
-                    "sched_setaffinity", "sched_setscheduler", "sched_setparam",
-                    "sched_getscheduler", "sched_getparam", "sched_get_priority_max",
-                    "sched_get_priority_min", "sched_rr_get_interval", "kill", "tkill",
-                    "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open",
-                    "pidfd_send_signal", "prlimit64",
+                    "fork",
+                    "vfork",
+                    "setpgid",
+                    "setsid",
+                    "getpriority",
+                    "setpriority",
+                    "sched_setaffinity",
+                    "sched_setscheduler",
+                    "sched_setparam",
+                    "sched_getscheduler",
+                    "sched_getparam",
+                    "sched_get_priority_max",
+                    "sched_get_priority_min",
+                    "sched_rr_get_interval",
+                    "kill",
+                    "tkill",
+                    "tgkill",
+                    "rt_sigqueueinfo",
+                    "rt_tgsigqueueinfo",
+                    "pidfd_open",
+                    "pidfd_send_signal",
+                    "prlimit64",
                 ),
                 _CLONE_FORK,
                 _CLONE3_ENOSYS,
@@ -407,8 +433,16 @@ PROMISES: Mapping[str, Promise] = MappingProxyType(
                 "id",
                 "change user and group ids (needs capabilities, which are dropped)",
                 *_calls(
-                    "setuid", "setgid", "setgroups", "setreuid", "setregid", "setresuid",
-                    "setresgid", "setfsuid", "setfsgid", "capset",
+                    "setuid",
+                    "setgid",
+                    "setgroups",
+                    "setreuid",
+                    "setregid",
+                    "setresuid",
+                    "setresgid",
+                    "setfsuid",
+                    "setfsgid",
+                    "capset",
                 ),
             ),
             _promise(
@@ -440,8 +474,11 @@ PROMISES: Mapping[str, Promise] = MappingProxyType(
                 "other processes' scheduling information; /proc is unveiled read-only (Landlock "
                 "still stops ptrace-like access to processes outside the sandbox)",
                 *_calls(
-                    "getpriority", "sched_getscheduler", "sched_getparam",
-                    "sched_rr_get_interval", "sysinfo",
+                    "getpriority",
+                    "sched_getscheduler",
+                    "sched_getparam",
+                    "sched_rr_get_interval",
+                    "sysinfo",
                 ),
             ),
             # Extra: OpenBSD's unveil(2) needs the 'unveil' promise after pledge. Landlock

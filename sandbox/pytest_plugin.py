@@ -1,9 +1,9 @@
 """pytest plugin (entry point `pytest11`): the fixture `sandbox_run`.
 
-    def test_my_agent(sandbox_run):
-        r = sandbox_run(["python3", "agent.py"], policy="policies/agent.yaml")
-        assert r.status == 0
-        sandbox.testing.assert_denied(r, syscall="connect", promise="inet")
+def test_my_agent(sandbox_run):
+    r = sandbox_run(["python3", "agent.py"], policy="policies/agent.yaml")
+    assert r.status == 0
+    sandbox.testing.assert_denied(r, syscall="connect", promise="inet")
 """
 
 from __future__ import annotations

@@ -121,7 +121,9 @@ def start(agent_main: Callable[[int], NoReturn], *, pidns: bool) -> Reaper:
     return Reaper(pid=pid, status_fd=status_r, go_fd=go_w, pidns=pidns)
 
 
-def _reaper_main(agent_main: Callable[[int], NoReturn], launcher: int, go_r: int, status_w: int) -> NoReturn:
+def _reaper_main(
+    agent_main: Callable[[int], NoReturn], launcher: int, go_r: int, status_w: int
+) -> NoReturn:
     try:
         hygiene.set_parent_death_signal(launcher)
         for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP):
@@ -133,7 +135,13 @@ def _reaper_main(agent_main: Callable[[int], NoReturn], launcher: int, go_r: int
         agent = os.fork()
         if agent == 0:
             os.close(status_w)
-            for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP):
+            for sig in (
+                signal.SIGINT,
+                signal.SIGQUIT,
+                signal.SIGTERM,
+                signal.SIGHUP,
+                signal.SIGTSTP,
+            ):
                 signal.signal(sig, signal.SIG_DFL)
             agent_main(me)
         # Nothing of the launcher's stays open here but the status pipe.

@@ -48,7 +48,11 @@ def _arg_holds(cond: Arg, args: tuple[int, ...] | list[int]) -> bool:
 
 def matching_handler(rules: tuple[Rule, ...], name: str, args: list[int]) -> str | None:
     for rule in rules:
-        if rule.action == "notify" and rule.syscall == name and all(_arg_holds(a, args) for a in rule.args):
+        if (
+            rule.action == "notify"
+            and rule.syscall == name
+            and all(_arg_holds(a, args) for a in rule.args)
+        ):
             return rule.handler
     return None
 
@@ -106,9 +110,8 @@ class Supervisor:
         try:
             n = seccomp.recv_notification(self.listener)
         except OSError as e:
-            if e.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
-                return True  # the caller died or was interrupted before we read it
-            return False
+            # ENOENT/EINTR/EAGAIN: the caller died or was interrupted before we read it.
+            return e.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN)
         if n is not None:
             self.decide(n)
             return True
@@ -125,7 +128,12 @@ class Supervisor:
             # Between the lock and the exec only the launcher's own code runs in the child.
             if name in EXEC_SYSCALLS:
                 self.exec_done = True
-                self._lock_record(n.pid)
+                if not self._lock_record(n.pid):
+                    # Write-ahead: the program does not start without its lock record.
+                    print(f"sandbox: audit log failed; {self.name} not started", file=sys.stderr)
+                    self.killed_for_violation = True
+                    self.kill_tree()
+                    return
             seccomp.respond(self.listener, n.id, continue_=True)
             return
         if name in EXEC_SYSCALLS:
@@ -141,7 +149,9 @@ class Supervisor:
         if handler == "execpromises":
             if self._under_execpromises(n.pid):
                 exe = self.plan.policy.execpromises or frozenset()
-                self.violation(n, name, args, promise_for(name, args, have=exe), note="not in execpromises")
+                self.violation(
+                    n, name, args, promise_for(name, args, have=exe), note="not in execpromises"
+                )
             else:
                 seccomp.respond(self.listener, n.id, continue_=True)
             return
@@ -162,7 +172,7 @@ class Supervisor:
             return
         self.violation(n, name, args, promise_for(name, args, have=self.plan.policy.pledge))
 
-    def _lock_record(self, pid: int) -> None:
+    def _lock_record(self, pid: int) -> bool:
         pol = self.plan.policy
         try:
             self.audit.record(
@@ -172,7 +182,8 @@ class Supervisor:
                 unveil={u.path: "".join(sorted(u.perms)) for u in self.plan.unveils},
             )
         except AuditError:
-            pass  # the start record already failed closed if the log was unusable
+            return False
+        return True
 
     def _under_execpromises(self, tid: int) -> bool:
         """Has this process, or an ancestor below the agent, exec'd since the lock?

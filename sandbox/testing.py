@@ -56,7 +56,9 @@ def _read_log(path: str) -> list[dict[str, Any]]:
         return []
 
 
-def write_policy(directory: str | os.PathLike[str], policy: Mapping[str, Any], name: str = "policy") -> str:
+def write_policy(
+    directory: str | os.PathLike[str], policy: Mapping[str, Any], name: str = "policy"
+) -> str:
     path = os.path.join(directory, f"{name}.yaml")
     with open(path, "w", encoding="utf-8") as f:
         yaml.safe_dump(dict(policy), f, sort_keys=False)
@@ -146,4 +148,6 @@ def assert_allowed(result: Result, status: int = 0) -> None:
     """The run ended with `status` and recorded no violation and no denied op."""
     denied = result.violations + [r for r in result.ops if r.get("decision") == "deny"]
     if result.status != status or denied:
-        raise AssertionError(f"expected a clean run with status {status}\n{result}\nrefusals: {denied}")
+        raise AssertionError(
+            f"expected a clean run with status {status}\n{result}\nrefusals: {denied}"
+        )

@@ -91,8 +91,9 @@ class Run:
         ]
 
 
-def spawn(code: str, sock: socket.socket, extra_env: Mapping[str, str] | None = None,
-          **kw: Any) -> subprocess.Popen[str]:
+def spawn(
+    code: str, sock: socket.socket, extra_env: Mapping[str, str] | None = None, **kw: Any
+) -> subprocess.Popen[str]:
     """A Python agent with `sock` at fd 3 (as the launcher places it) and a bare environment."""
     fd = sock.fileno()
     env = {"SANDBOX_BROKER_FD": "3", "PYTHONPATH": str(REPO), "PATH": os.environ["PATH"]}
@@ -206,8 +207,10 @@ def test_every_right_granted_works(tmp_path: Path, vault: Path) -> None:
     assert ["a.txt", "file"] in o["list"][1] and ["notes", "dir"] in o["list"][1]
     assert o["list_sub"] == ["ok", [["today.md", "file"]]]
     assert o["stat"][1][0] == 5 and o["stat"][1][2] == "file"
-    assert o["mkdir"][0] == "ok" and stat.S_IMODE((vault / "e").stat().st_mode if
-                                                   (vault / "e").exists() else 0o700) == 0o700
+    assert (
+        o["mkdir"][0] == "ok"
+        and stat.S_IMODE((vault / "e").stat().st_mode if (vault / "e").exists() else 0o700) == 0o700
+    )
     assert stat.S_IMODE((vault / "d").stat().st_mode) == 0o700
     assert o["rename"][0] == "ok" and (vault / "d" / "b.txt").read_text() == "alpha"
     assert o["rename_noreplace"][0] == "FileExistsError"
@@ -281,8 +284,9 @@ def test_write_without_create_only_existing_files(tmp_path: Path, vault: Path) -
         """,
     )
     assert run.out["existing"][0] == "ok" and (vault / "a.txt").read_text() == "changed"
-    assert run.out["new"][0] == "PermissionError" and "vault:create is not promised" in (
-        run.out["new"][1]
+    assert (
+        run.out["new"][0] == "PermissionError"
+        and "vault:create is not promised" in (run.out["new"][1])
     )
     assert run.out["no_create_flag"][0] == "FileNotFoundError"
     assert not (vault / "new.txt").exists() and not (vault / "n2.txt").exists()
@@ -354,11 +358,31 @@ def test_path_escapes_are_refused(tmp_path: Path, vault: Path) -> None:
         """.replace("OUTSIDE", repr(str(outside))),
     )
     o = run.out
-    for name in ("dotdot", "dotdot_inner", "absolute", "symlink_out", "symlink_in",
-                 "symlink_rel", "through_dirlink", "nul", "long_name", "long_path", "empty",
-                 "hard", "fifo", "dir", "write_through_link", "create_through_dirlink",
-                 "mkdir_through_dirlink", "rename_out", "rename_into_link",
-                 "remove_through_link", "list_link", "stat_link", "list_dotdot"):
+    for name in (
+        "dotdot",
+        "dotdot_inner",
+        "absolute",
+        "symlink_out",
+        "symlink_in",
+        "symlink_rel",
+        "through_dirlink",
+        "nul",
+        "long_name",
+        "long_path",
+        "empty",
+        "hard",
+        "fifo",
+        "dir",
+        "write_through_link",
+        "create_through_dirlink",
+        "mkdir_through_dirlink",
+        "rename_out",
+        "rename_into_link",
+        "remove_through_link",
+        "list_link",
+        "stat_link",
+        "list_dotdot",
+    ):
         assert o[name][0] == "PermissionError", (name, o[name])
     assert "kernel" in o["symlink_in"][1]  # passed the string check; openat2 said no
     assert "hard links" in o["hard"][1]
@@ -404,7 +428,9 @@ def test_kernel_refuses_magic_links_and_mount_crossings(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- abuse of the channel
 
-RAW_PRELUDE = PRELUDE + """
+RAW_PRELUDE = (
+    PRELUDE
+    + """
 import array, socket
 from sandbox import wire
 raw = parent._sock
@@ -416,6 +442,7 @@ def raw_send(data, fds=()):
         os.close(fd)
     return reply
 """
+)
 
 
 def test_malformed_frames_get_errors_and_the_broker_keeps_serving(
@@ -449,8 +476,18 @@ def test_malformed_frames_get_errors_and_the_broker_keeps_serving(
         prelude=RAW_PRELUDE,
     )
     o = run.out
-    for name in ("garbage", "bad_utf8", "not_object", "no_id", "bool_id", "no_op", "deep",
-                 "oversized", "two_fds", "unknown_op"):
+    for name in (
+        "garbage",
+        "bad_utf8",
+        "not_object",
+        "no_id",
+        "bool_id",
+        "no_op",
+        "deep",
+        "oversized",
+        "two_fds",
+        "unknown_op",
+    ):
         assert o[name][0] == "ok" and o[name][1]["ok"] is False, (name, o[name])
         assert o[name][1]["error"] == "ValueError", (name, o[name])
     assert "larger than" in o["oversized"][1]["message"]
@@ -575,8 +612,7 @@ def test_audit_failure_refuses_every_request(tmp_path: Path, vault: Path) -> Non
     )
     proc = spawn(code, agent_end)
     agent_end.close()
-    loop = serve(Broker(parent_end, make_policy(ALL_DIR, dir_resource(vault)), audit,
-                        proc.pid, {}))
+    loop = serve(Broker(parent_end, make_policy(ALL_DIR, dir_resource(vault)), audit, proc.pid, {}))
     stdout, _ = proc.communicate(timeout=60)
     loop.join(timeout=30)
     out = json.loads(stdout.splitlines()[-1])
@@ -626,7 +662,10 @@ def test_connect_outside_sandbox_run(tmp_path: Path) -> None:
     env["PYTHONPATH"] = str(REPO)
     proc = subprocess.run(
         [sys.executable, "-c", "import sandbox; sandbox.connect()"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0 and "sandbox run" in proc.stderr
     assert "RuntimeError" in proc.stderr

@@ -86,10 +86,14 @@ def nameserver() -> Iterator[FakeNameserver]:
 
 def _run(tmp_path: Path, ns: FakeNameserver, promises: str, code: str, *args: str) -> Result:
     env = dict(os.environ, SANDBOX_DNS_UPSTREAM=f"127.0.0.1:{ns.port}")
-    return run_sandboxed([*py(code), *args], promises=promises, unveil=UNVEIL, workdir=tmp_path, env=env)
+    return run_sandboxed(
+        [*py(code), *args], promises=promises, unveil=UNVEIL, workdir=tmp_path, env=env
+    )
 
 
-def test_names_resolve_through_the_relay_and_are_recorded(tmp_path: Path, nameserver: FakeNameserver) -> None:
+def test_names_resolve_through_the_relay_and_are_recorded(
+    tmp_path: Path, nameserver: FakeNameserver
+) -> None:
     r = _run(tmp_path, nameserver, "stdio rpath dns", AGENT, str(nameserver.port))
     assert r.status == 0, r
     assert "resolved 192.0.2.7" in r.stdout, r

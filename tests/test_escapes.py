@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sandbox import landlock
 from progs.kit import (
     DENIED,
     PROGS_SRC,
@@ -41,6 +40,8 @@ from progs.kit import (
     sandboxed,
     show,
 )
+
+from sandbox import landlock
 
 
 @pytest.fixture
@@ -628,13 +629,17 @@ def test_connect_to_path_unix_socket_outside_unveil(box: Box) -> None:
         cmd = [*agent(UNIX_CONNECT), path]
         assert ok_direct(cmd) == {"connect": "hello-from-outside"}
         strict = sandboxed(box, cmd, promises="stdio rpath unix", unveil=[f"{box.x}:rwc"])
-        lax = sandboxed(box, cmd, promises=None, policy={**UNIX_POLICY, "unveil": {str(box.x): "rwc"}})
+        lax = sandboxed(
+            box, cmd, promises=None, policy={**UNIX_POLICY, "unveil": {str(box.x): "rwc"}}
+        )
     finally:
         server.close()
     if landlock.abi_version() >= 9:
         assert assert_clean(strict)["connect"] in DENIED, strict
         return
-    assert strict.status == 3 and "resolve_unix" in strict.stderr and "ABI 9" in strict.stderr, strict
+    assert strict.status == 3 and "resolve_unix" in strict.stderr and "ABI 9" in strict.stderr, (
+        strict
+    )
     assert "connect" not in strict.stdout  # nothing ran
     not_enforced = lax.of_kind("start")[0]["enforced"]["not_enforced"]
     assert any("resolve_unix" in x for x in not_enforced), not_enforced
@@ -673,7 +678,11 @@ def test_unix_sockets_inside_the_sandbox_work(box: Box) -> None:
             box,
             [*agent(body), str(box.x)],
             promises=None,
-            policy={**UNIX_POLICY, "pledge": "stdio rpath cpath unix", "unveil": {str(box.x): "rwc"}},
+            policy={
+                **UNIX_POLICY,
+                "pledge": "stdio rpath cpath unix",
+                "unveil": {str(box.x): "rwc"},
+            },
         )
     )
     assert got == {"path": "inside", "abstract": "inside"}

@@ -41,8 +41,12 @@ class Server:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 server.seen.append(
-                    {"method": self.command, "path": self.path,
-                     "headers": dict(self.headers.items()), "body": body.decode()}
+                    {
+                        "method": self.command,
+                        "path": self.path,
+                        "headers": dict(self.headers.items()),
+                        "body": body.decode(),
+                    }
                 )
                 route = self.path.split("?")[0]
                 if route == "/api/wait":

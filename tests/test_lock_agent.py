@@ -28,7 +28,8 @@ VIOLATION_EXIT = 128 + signal.SIGSYS
 
 # Every agent script starts with this. unveil_python() declares what the interpreter needs
 # (the same path sets the policies below unveil); attempt() prints one flushed JSON line.
-PRELUDE = """
+PRELUDE = (
+    """
 import errno, json, os, socket, subprocess, sys, threading, time
 import sandbox, sandbox.agent
 from sandbox import pathsets
@@ -36,7 +37,9 @@ def unveil_python():
     for name in ("@python", "@system"):
         for p in pathsets.expand(name):
             sandbox.unveil(p, "rx")
-""" + ATTEMPT
+"""
+    + ATTEMPT
+)
 
 
 def results(r: Result) -> dict[str, list[Any]]:
@@ -289,7 +292,9 @@ def test_later_pledge_narrows_and_the_kernel_enforces_it(tmp_path: Path, data: P
     # One listener per filter chain: a narrowing filter cannot notify the parent, so the
     # kernel kills by itself and the exit record (not a violation record) says why.
     exits = r.of_kind("exit")
-    assert exits and exits[0].get("signal") == 31 and "narrowed pledge" in exits[0].get("reason", ""), exits
+    assert (
+        exits and exits[0].get("signal") == 31 and "narrowed pledge" in exits[0].get("reason", "")
+    ), exits
 
 
 # --------------------------------------------------------------------------- execpromises

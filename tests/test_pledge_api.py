@@ -27,11 +27,14 @@ pytestmark = pytest.mark.skipif(landlock.abi_version() < 1, reason="kernel lacks
 _HANG_GUARD = 60.0  # seconds; a guard against a stuck child, not a timing assertion
 
 # attempt(name, fn) prints {name: ["ok", value]} or {name: [errno, message]}.
-PRELUDE = """
+PRELUDE = (
+    """
 import errno, json, os, sys, threading
 import sandbox
 import sandbox.agent
-""" + ATTEMPT
+"""
+    + ATTEMPT
+)
 
 
 @dataclass

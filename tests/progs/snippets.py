@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 # attempt(name, fn) prints {name: ["ok", value]} or {name: [errno, message]}, flushed.
-ATTEMPT = '''
+ATTEMPT = """
 def attempt(name, fn):
     try:
         res = ["ok", fn()]
@@ -20,7 +20,7 @@ def create(p):
     with open(p, "w") as f:
         f.write("x")
     return True
-'''
+"""
 
 
 def python_policy(name: str, pledge: str = "stdio rpath", **extra: Any) -> dict[str, Any]:
