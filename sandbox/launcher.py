@@ -29,9 +29,9 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from sandbox import cgroup, dnsrelay, hygiene, landlock, lockgate, mounts, reaper, seccomp, wire
+from sandbox import cgroup, hygiene, landlock, lockgate, mounts, reaper, seccomp, wire
 from sandbox.audit import AuditError, AuditLog
 from sandbox.broker import Broker
 from sandbox.errors import SetupError
@@ -41,6 +41,9 @@ from sandbox.plan import Plan, check_enforceable, compile_plan, seccomp_rules
 from sandbox.promises import rules_for
 from sandbox.rules import Rule
 from sandbox.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from sandbox import dnsrelay
 
 INIT_EXEC_RULES = (Rule("execve"), Rule("execveat"))
 
@@ -90,12 +93,19 @@ def run(
 
 def _run(plan: Plan, path: str, argv: list[str], audit: AuditLog, feats: Features) -> RunResult:
     policy = plan.policy
+    if plan.dns_relay:
+        from sandbox import dnsrelay  # noqa: F401  # the child needs it after the fork
+
     cg = None
-    if plan.cgroup_memory is not None or plan.cgroup_processes is not None or feats.root:
+    # A cgroup for the limits; without limits only to find stragglers, which the reaper's pid
+    # namespace already ends (moving a process between v1 cgroups costs ~4 ms a hierarchy).
+    if plan.cgroup_memory is not None or plan.cgroup_processes is not None or not feats.root:
         try:
             # The reaper lives in the cgroup too: one more process than the agent's tree.
             procs = None if plan.cgroup_processes is None else plan.cgroup_processes + 1
-            cg = cgroup.create(policy.name, plan.cgroup_memory, procs, feats)
+            cg = cgroup.create(
+                policy.name, plan.cgroup_memory, procs, feats, tracking=not feats.root
+            )
         except SetupError:
             if plan.cgroup_memory is not None or plan.cgroup_processes is not None:
                 raise
@@ -172,6 +182,8 @@ def _supervise(
     relay = None
     try:
         if relay_fd is not None:
+            from sandbox import dnsrelay  # only agents with 'dns' and no 'inet' need it
+
             inner = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 0, fileno=relay_fd)
             up = dnsrelay.upstream(os.environ)
             if up is None:
@@ -541,6 +553,8 @@ def _isolate_dns(plan: Plan, sock: socket.socket) -> None:
     socket goes to the parent before anything else is said."""
     if not plan.dns_relay:
         return
+    from sandbox import dnsrelay  # imported before the fork (see _run), so no file is read
+
     relay = dnsrelay.isolate_network()
     fd, path = tempfile.mkstemp(prefix="sandbox-resolv-", suffix=".conf")
     try:
