@@ -26,7 +26,6 @@ import socket
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -491,6 +490,8 @@ def _child(
         hint = " (is it unveiled with 'x'?)" if e.errno == errno.EACCES else ""
         _report(sock, f"cannot execute {path}: {e.strerror}{hint}")
     except BaseException as e:  # the child must never fall back into the launcher's code
+        import traceback  # the error path only; its import would cost every launch
+
         _report(sock, f"internal error in the child: {e!r}\n{traceback.format_exc()}")
     os._exit(3)
 

@@ -23,9 +23,7 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, TypeVar
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import yaml
@@ -59,10 +57,11 @@ from sandbox.model import (
     ViolationMode,
 )
 
-try:  # libyaml is faster; both give the same node tree and marks
-    from yaml import CSafeLoader as _Loader
-except ImportError:  # pragma: no cover - depends on how PyYAML was built
-    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+
+def _loader() -> Any:
+    """libyaml's loader where PyYAML was built with it (faster; the same nodes and marks)."""
+    return getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader
+
 
 __all__ = [
     "LOCK_MODES",
@@ -536,7 +535,7 @@ def _compose(ctx: _Ctx) -> yaml.Node | None:
         # A first pass over the event stream (no recursion, nothing built) refuses aliases
         # and anchors (billion laughs) and deep nesting before anything is composed.
         depth = 0
-        for event in yaml.parse(ctx.text, Loader=_Loader):
+        for event in yaml.parse(ctx.text, Loader=_loader()):
             if isinstance(event, yaml.AliasEvent):
                 ctx.error(_mark_loc(event.start_mark), "YAML aliases (*name) are not allowed")
             elif isinstance(event, yaml.NodeEvent) and event.anchor is not None:
@@ -553,7 +552,7 @@ def _compose(ctx: _Ctx) -> yaml.Node | None:
                 depth -= 1
         if ctx.problems:
             return None
-        return yaml.compose(ctx.text, Loader=_Loader)
+        return yaml.compose(ctx.text, Loader=_loader())
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = _mark_loc(mark) if mark is not None else (1, 1)
