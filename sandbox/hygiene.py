@@ -184,3 +184,34 @@ def _capset_empty() -> None:
 def set_not_dumpable() -> None:
     """Other processes of the same uid may not ptrace or read /proc/PID/mem of the agent."""
     _prctl(PR_SET_DUMPABLE, 0, what="PR_SET_DUMPABLE")
+
+
+# qos -> (nice value, scheduling policy, I/O priority class): macOS's QoS classes in Linux
+# terms. Lowering only: an agent's work never competes with the operator's interactive work.
+SYS_IOPRIO_SET = 251
+IOPRIO_WHO_PROCESS = 1
+IOPRIO_CLASS_BE, IOPRIO_CLASS_IDLE = 2, 3
+QOS: dict[str, tuple[int, int | None, int | None]] = {
+    "interactive": (0, None, None),
+    "initiated": (0, None, None),
+    "utility": (5, os.SCHED_BATCH, IOPRIO_CLASS_BE),
+    "background": (19, os.SCHED_IDLE, IOPRIO_CLASS_IDLE),
+}
+
+
+def set_qos(qos: str | None) -> None:
+    if qos is None:
+        return
+    nice, policy, io_class = QOS[qos]
+    try:
+        if nice:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+        if policy is not None:
+            os.sched_setscheduler(0, policy, os.sched_param(0))
+    except OSError as e:
+        raise SetupError(f"qos {qos}: {e.strerror}") from e
+    if io_class is not None:
+        # ioprio value: class << 13 | data (priority 7, the lowest, within best-effort).
+        value = io_class << 13 | (7 if io_class == IOPRIO_CLASS_BE else 0)
+        if _libc.syscall(SYS_IOPRIO_SET, IOPRIO_WHO_PROCESS, 0, value) < 0:
+            raise SetupError(f"qos {qos}: ioprio_set: {os.strerror(ctypes.get_errno())}")

@@ -511,6 +511,7 @@ def _report(sock: socket.socket, message: str) -> None:
 def _lock_child(plan: Plan, sock: socket.socket, filt: Any) -> None:
     policy = plan.policy
     hygiene.set_rlimits(plan.rlimits)
+    hygiene.set_qos(policy.qos)
     _isolate_dns(plan, sock)
     mounts.make_noexec(plan.noexec)
     if policy.lock == "agent":

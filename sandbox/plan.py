@@ -83,6 +83,7 @@ class Plan:
             if self.cgroup_memory is not None or self.cgroup_processes is not None
             else None,
             "rlimits": {str(r): v for r, v in self.rlimits},
+            "qos": self.policy.qos,
             "no_new_privs": True,
             "capabilities": "all dropped",
             "not_enforced": list(self.degraded),

@@ -440,3 +440,32 @@ def test_unveiled_but_unreadable_for_the_user_is_refused(public_dir: Path) -> No
     )
     assert (as_owner.status, as_owner.stdout.strip()) == (0, "s3cret"), as_owner
     assert (as_nobody.status, as_nobody.stdout.strip()) == (0, "EACCES"), as_nobody
+
+
+@pytest.mark.parametrize(
+    ("qos", "nice", "policy"),
+    [
+        ("background", 19, os.SCHED_IDLE),
+        ("utility", 5, os.SCHED_BATCH),
+        ("interactive", 0, os.SCHED_OTHER),
+    ],
+)
+def test_qos_sets_nice_and_scheduling_class(
+    tmp_path: Path, qos: str, nice: int, policy: int
+) -> None:
+    """qos lowers the agent's CPU (and I/O) priority; read back from /proc by the agent."""
+    code = (
+        "f = open('/proc/self/stat').read().rsplit(')', 1)[1].split()\n"
+        "print(f[16], f[38], flush=True)\n"  # nice, policy
+    )
+    pol = {
+        "version": 1,
+        "name": "qos",
+        "pledge": "stdio rpath",
+        "qos": qos,
+        "unveil": {"@python": "rx", "@system": "rx", "/proc": "r"},
+    }
+    r = run_sandboxed([sys.executable, "-c", code], policy=pol, workdir=tmp_path)
+    assert r.status == 0, r
+    assert r.stdout.split() == [str(nice), str(policy)], r
+    assert r.of_kind("start")[0]["enforced"]["qos"] == qos
