@@ -514,15 +514,10 @@ def _lock_child(plan: Plan, sock: socket.socket, filt: Any) -> None:
     hygiene.set_qos(policy.qos)
     _isolate_dns(plan, sock)
     mounts.make_noexec(plan.noexec)
+    _drop_privileges(plan, sock)
     if policy.lock == "agent":
-        _prepare_agent_init(plan, sock)
+        _prepare_agent_init(plan)
         return
-    if policy.user is not None:
-        hygiene.drop_bounding_set()  # while CAP_SETPCAP is still there
-        hygiene.switch_user(policy.user)
-    _place_channel(sock)
-    hygiene.set_no_new_privs()
-    hygiene.drop_capabilities()
     if plan.landlock is not None:
         landlock.apply(plan.landlock)
     if filt is None:  # best_effort without user notification: the kernel acts alone
@@ -580,16 +575,20 @@ def _place_channel(sock: socket.socket) -> None:
     hygiene.close_fds_from(wire.BROKER_FD + 1)
 
 
-def _prepare_agent_init(plan: Plan, sock: socket.socket) -> None:
-    """lock: agent: the hygiene now, the init bounds (init.pledge) if any, and the lock later,
-    by the agent itself through sandbox.pledge, which hands the listener to the parent."""
-    policy = plan.policy
-    if policy.user is not None:
+def _drop_privileges(plan: Plan, sock: socket.socket) -> None:
+    """User, descriptors, no_new_privs, capabilities: the same for both lock modes."""
+    if plan.policy.user is not None:
         hygiene.drop_bounding_set()  # while CAP_SETPCAP is still there
-        hygiene.switch_user(policy.user)
+        hygiene.switch_user(plan.policy.user)
     _place_channel(sock)
     hygiene.set_no_new_privs()
     hygiene.drop_capabilities()
+
+
+def _prepare_agent_init(plan: Plan) -> None:
+    """lock: agent: the init bounds (init.pledge) if any, and the lock later, by the agent
+    itself through sandbox.pledge, which hands the listener to the parent."""
+    policy = plan.policy
     ll = plan.landlock
     if ll is not None and (ll.handled_net or ll.scopes):
         # TCP ports and scopes hold from the exec on, whatever the agent declares later; the

@@ -400,9 +400,13 @@ def respond(fd: int, id: int, *, error: int = 0, val: int = 0, continue_: bool =
         raise ValueError("a CONTINUE response carries no error or value")
     err = -abs(error) if error else 0
     flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE if continue_ else 0
-    buf = bytearray(_RESP.pack(id, val, err, flags))
+    return _ioctl_pending(fd, SECCOMP_IOCTL_NOTIF_SEND, bytearray(_RESP.pack(id, val, err, flags)))
+
+
+def _ioctl_pending(fd: int, request: int, buf: bytearray) -> bool:
+    """A notification ioctl; False if the notification is gone (ENOENT: target died)."""
     try:
-        fcntl.ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND, buf, True)
+        fcntl.ioctl(fd, request, buf, True)
     except OSError as e:
         if e.errno == errno.ENOENT:
             return False
@@ -415,14 +419,7 @@ def id_valid(fd: int, id: int) -> bool:
 
     Check it after reading the target's memory and before acting on what was read.
     """
-    buf = bytearray(struct.pack("=Q", id))
-    try:
-        fcntl.ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, buf, True)
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            return False
-        raise
-    return True
+    return _ioctl_pending(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, bytearray(struct.pack("=Q", id)))
 
 
 def add_fd(fd: int, id: int, srcfd: int, *, send: bool = True, cloexec: bool = True) -> int | None:
