@@ -20,11 +20,9 @@ import contextlib
 import errno
 import os
 import selectors
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -57,13 +55,22 @@ class RunResult:
     reason: str = ""
 
 
+def _which(prog: str, path: str) -> str | None:
+    """shutil.which without shutil (and the archive modules it imports on every launch)."""
+    for d in path.split(os.pathsep):
+        candidate = os.path.join(d or ".", prog)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 def resolve_command(command: Sequence[str], env: Mapping[str, str]) -> str:
     if not command:
         raise SetupError("no command: give one after -- or set `command` in the policy")
     prog = command[0]
     if "/" in prog:
         return os.path.abspath(prog)
-    found = shutil.which(prog, path=env.get("PATH", os.defpath))
+    found = _which(prog, env.get("PATH", os.defpath))
     if not found:
         raise SetupError(f"{prog}: command not found in PATH={env.get('PATH', os.defpath)}")
     return found
@@ -93,7 +100,9 @@ def run(
 def _run(plan: Plan, path: str, argv: list[str], audit: AuditLog, feats: Features) -> RunResult:
     policy = plan.policy
     if plan.dns_relay:
-        from sandbox import dnsrelay  # noqa: F401  # the child needs it after the fork
+        import tempfile  # noqa: F401  # the child needs both after the fork
+
+        from sandbox import dnsrelay  # noqa: F401
 
     cg = None
     # A cgroup for the limits; without limits only to find stragglers, which the reaper's pid
@@ -550,7 +559,9 @@ def _isolate_dns(plan: Plan, sock: socket.socket) -> None:
     socket goes to the parent before anything else is said."""
     if not plan.dns_relay:
         return
-    from sandbox import dnsrelay  # imported before the fork (see _run), so no file is read
+    import tempfile  # imported before the fork (see _run), so no file is read
+
+    from sandbox import dnsrelay
 
     relay = dnsrelay.isolate_network()
     fd, path = tempfile.mkstemp(prefix="sandbox-resolv-", suffix=".conf")

@@ -10,7 +10,6 @@ are the single source of truth: the loader refuses what they do not list, and `s
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import hashlib
 import importlib
@@ -18,7 +17,6 @@ import math
 import os
 import pwd
 import re
-import shlex
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -41,7 +39,7 @@ else:
 
     yaml = _LazyYaml()
 
-from sandbox import pathsets, units
+from sandbox import pathsets
 from sandbox.errors import PolicyError, Problem, UsageError
 from sandbox.model import (
     DEFAULT_ENV_KEEP,
@@ -257,6 +255,8 @@ TOP_LEVEL_KEYS: Mapping[str, Field] = {
 
 def schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of the policy format, generated from the tables."""
+    from sandbox import units  # parsed policies only: Decimal costs the -p/-v path
+
     word = "(?:" + "|".join(sorted(promise_names())) + f"|{RESOURCE_NAME_RE.pattern}:[a-z]+)"
     out: dict[str, Any] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -319,6 +319,8 @@ def _kind(node: yaml.Node) -> str:
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str:
+    import difflib  # error path only
+
     close = difflib.get_close_matches(word, sorted(choices), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -389,6 +391,8 @@ class _Ctx:
         if value is None:
             return None
         try:
+            from sandbox import units  # parsed policies only: Decimal costs the -p/-v path
+
             result = units.parse_size(value)
         except units.UnitError as exc:
             self.error(node, f"{what}: {exc}")
@@ -403,6 +407,8 @@ class _Ctx:
         if value is None:
             return None
         try:
+            from sandbox import units  # parsed policies only: Decimal costs the -p/-v path
+
             result = units.parse_duration(value)
         except units.UnitError as exc:
             self.error(node, f"{what}: {exc}")
@@ -747,6 +753,8 @@ def _command(ctx: _Ctx, node: yaml.Node) -> tuple[str, ...] | None:
     if text is None:
         return None
     try:
+        import shlex  # a command given as a string
+
         return tuple(shlex.split(text))
     except ValueError as exc:
         ctx.error(node, f"command cannot be split into words: {exc}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -37,31 +36,52 @@ _FAST_NAMES = {"seccomp": "libseccomp.so.2", "c": "libc.so.6"}
 
 
 def _import_pyseccomp() -> Any:
-    """Import pyseccomp without ctypes.util.find_library's cost.
+    """Import pyseccomp without the cost of ctypes.util.
 
-    find_library forks /sbin/ldconfig -p (and gcc on some systems): ~35 ms, paid on every
-    launch. The sonames of libseccomp and glibc are stable ABI names, so we hand them to
-    dlopen directly during the import, and restore find_library afterwards. If dlopen of
-    the soname fails (unusual layout), import again the slow, general way.
+    pyseccomp resolves its libraries with ctypes.util.find_library, which forks
+    /sbin/ldconfig -p (~35 ms), and importing ctypes.util itself pulls in subprocess and
+    shutil (~4 ms): paid on every launch. The sonames of libseccomp and glibc are stable
+    ABI names, so during the import a stand-in ctypes.util hands them to dlopen directly;
+    it is removed afterwards, so a later `import ctypes.util` gets the real module. If
+    dlopen of a soname fails (an unusual layout), pyseccomp is imported the general way.
     """
     import sys
+    import types
 
     if "pyseccomp" in sys.modules:
         return sys.modules["pyseccomp"]
-    real = ctypes.util.find_library
+    if "ctypes.util" in sys.modules:  # already paid for: just skip the ldconfig fork
+        real = sys.modules["ctypes.util"].find_library
+        stand_in = None
+    else:
+        real = None
+        stand_in = types.ModuleType("ctypes.util")
+        sys.modules["ctypes.util"] = stand_in
+        ctypes.util = stand_in  # as the import system would
 
     def fast(name: str) -> str | None:
-        return _FAST_NAMES.get(name) or real(name)
+        if name in _FAST_NAMES:
+            return _FAST_NAMES[name]
+        import ctypes.util as cu  # an unexpected name: the real lookup
 
-    ctypes.util.find_library = fast
+        return cu.find_library(name) if cu is not stand_in else None
+
+    holder = stand_in or sys.modules["ctypes.util"]
+    holder.find_library = fast  # type: ignore[attr-defined]
     try:
         import pyseccomp as mod
     except OSError:
         sys.modules.pop("pyseccomp", None)
-        ctypes.util.find_library = real
-        import pyseccomp as mod
+        mod = None
     finally:
-        ctypes.util.find_library = real
+        if stand_in is not None:
+            del sys.modules["ctypes.util"]
+            if getattr(ctypes, "util", None) is stand_in:
+                del ctypes.util
+        else:
+            holder.find_library = real  # type: ignore[attr-defined]
+    if mod is None:
+        import pyseccomp as mod
     return mod
 
 
