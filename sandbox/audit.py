@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -43,9 +42,17 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandbox.errors import SandboxError
+
+if TYPE_CHECKING:
+    from hashlib import sha256
+else:
+    try:  # CPython's own SHA-256: importing hashlib initialises OpenSSL (~2 ms a launch)
+        from _sha256 import sha256
+    except ImportError:  # other Pythons, or 3.12+ (_sha2)
+        from hashlib import sha256
 
 ZERO_HASH = "0" * 64
 
@@ -101,7 +108,7 @@ def _now() -> str:
 
 
 def _line_hash(line: bytes) -> str:
-    return hashlib.sha256(line).hexdigest()
+    return sha256(line).hexdigest()
 
 
 # ---------------------------------------------------------------------------- values

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import importlib
 import math
 import os
@@ -623,6 +622,8 @@ def _load(text: str, data: bytes, filename: str, base_dir: str, source: str) -> 
     if ctx.problems or policy is None:
         problems = sorted(ctx.problems, key=lambda p: (p.line, p.column))
         raise PolicyError(problems or [Problem(filename, 1, 1, "invalid policy")])
+    import hashlib  # policy files only
+
     return dataclasses.replace(policy, source=source, sha256=hashlib.sha256(data).hexdigest())
 
 
