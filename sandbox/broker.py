@@ -27,12 +27,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sandbox import httpres, resources, wire
+from sandbox import resources, wire
 from sandbox.audit import AuditError, AuditLog
 from sandbox.model import Policy, Resource
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
+
+    from sandbox import httpres
 
 MAX_BATCH = 128  # requests read per on_readable() call; the loop calls again if more wait
 ABUSE_LIMIT = 64  # consecutive malformed frames / unknown ops before the channel is closed
@@ -243,8 +245,10 @@ class Broker:
         self._abuse = 0
         try:
             job = planner(msg)
-        except (Denied, resources.PathError, httpres.HttpRefused) as e:
-            # Path and URL refusals are escapes or attempts at them: PermissionError too.
+        except (Denied, resources.PathError, PermissionError) as e:
+            # Path and URL refusals (httpres.HttpRefused is a PermissionError) are escapes or
+            # attempts at them: PermissionError too. httpres is not imported here: most
+            # agents make no HTTP request, and urllib costs every launch.
             reply = error_reply(ident, str(e), "PermissionError")
             return _Job(ident, reply=reply, record=self._fields(op, msg, "deny", str(e)))
         except ValueError as e:
@@ -377,6 +381,8 @@ class Broker:
     def _plan_http(self, req: dict[str, Any]) -> _Job:
         res = self._resource(req, "http")
         method = _str_field(req, "method", "GET").upper()
+        from sandbox import httpres
+
         if method not in httpres.METHODS:
             raise ValueError(f"http method unknown (one of {', '.join(sorted(httpres.METHODS))})")
         reason = self._need(res.name, method.lower())
@@ -477,6 +483,8 @@ class Broker:
         return None
 
     def _run_http(self, ident: int, prepared: httpres.Prepared, record: dict[str, Any]) -> None:
+        from sandbox import httpres
+
         try:
             try:
                 resp = httpres.perform(prepared)
@@ -517,7 +525,9 @@ class Broker:
             if fd is not None:
                 reply = error_reply(reply["id"], "reply too large", "OSError")
             else:
-                body = httpres.sealed_memfd(wire.json_bytes(reply))
+                from sandbox.httpres import sealed_memfd
+
+                body = sealed_memfd(wire.json_bytes(reply))
                 try:
                     self._send({"id": reply["id"], "ok": reply["ok"], "memfd": True}, body)
                 finally:
