@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from sandbox import hygiene, landlock, seccomp, wire
+from sandbox import hygiene, landlock, procfs, seccomp, wire
 from sandbox.plan import seccomp_rules
 from sandbox.promises import PROMISE_NAMES, rules_for
 from sandbox.wire import BROKER_ENV
@@ -65,14 +65,8 @@ def _other_threads() -> list[str]:
 
 def _own_tid(tid: str) -> int:
     """The thread's id in our own pid namespace (the innermost of NSpid), as Python knows it."""
-    try:
-        with open(f"/proc/self/task/{tid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("NSpid:"):
-                    return int(line.split()[-1])
-    except (OSError, ValueError):
-        pass
-    return int(tid)
+    own = procfs.status_int(f"/proc/self/task/{tid}/status", "NSpid", last=True)
+    return int(tid) if own is None else own
 
 
 def unveil(path: str | None = None, permissions: str | None = None) -> None:
@@ -206,19 +200,12 @@ def pledge(
         _promises, _capabilities, _execpromises = new, caps, exe
 
 
-_KERNEL_ACTIONS: dict[str, seccomp.ViolationAction] = {
-    "kill": "kill",
-    "errno": "errno",
-    "log": "log",
-}
-
-
 def _install_local(new: frozenset[str]) -> None:
     """A filter with no listener: the kernel itself applies the violation action."""
     violation = os.environ.get(VIOLATION_ENV, "kill") if _launched() else "kill"
     filt = seccomp.build_filter(
         rules_for(new),
-        violation=_KERNEL_ACTIONS.get(violation, "kill"),
+        violation=seccomp.KERNEL_ACTIONS.get(violation, "kill"),
         self_pid=os.getpid(),
         never_action="kill",
     )

@@ -18,6 +18,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from sandbox import procfs
+
 SYS_PIDFD_GETFD = 438
 MAX_DATAGRAM = 65536
 RESOLV_CONF = "/etc/resolv.conf"
@@ -72,14 +74,7 @@ def parse_sockaddr(raw: bytes) -> tuple[int, str, int] | None:
 
 def _tgid(tid: int) -> int:
     """pidfd_open() takes a process, the notification names a thread."""
-    try:
-        with open(f"/proc/{tid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Tgid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return tid
+    return procfs.status_int(f"/proc/{tid}/status", "Tgid") or tid
 
 
 class DnsEmulator:

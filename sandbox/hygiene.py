@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 import prctl  # python-prctl
 
+from sandbox import procfs
 from sandbox.errors import SetupError
 
-PR_SET_DUMPABLE = 4
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 PR_SET_SECUREBITS = 28
@@ -69,14 +69,6 @@ def set_no_new_privs() -> None:
 
 def no_new_privs() -> bool:
     return bool(prctl.get_no_new_privs())
-
-
-# Policy limit name -> (rlimit resource). Memory and processes are cgroup matters, see cgroup.py.
-RLIMITS = {
-    "cpu": resource.RLIMIT_CPU,
-    "files": resource.RLIMIT_NOFILE,
-    "file_size": resource.RLIMIT_FSIZE,
-}
 
 
 def set_rlimits(values: Sequence[tuple[int, int]]) -> None:
@@ -157,11 +149,9 @@ def reset_signal_dispositions() -> None:
 
 
 def _cap_line(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1], 16)
-    return 0
+    # An unreadable status raises: a capability check must not pass by default.
+    values = procfs.status_field("/proc/self/status", field)
+    return int(values[0], 16) if values else 0
 
 
 def _has_cap_effective(cap: int) -> bool:
@@ -179,11 +169,6 @@ def _capset_empty() -> None:
     if _libc.syscall(SYS_CAPSET, header, data) < 0:
         err = ctypes.get_errno()
         raise SetupError(f"capset: {os.strerror(err)}")
-
-
-def set_not_dumpable() -> None:
-    """Other processes of the same uid may not ptrace or read /proc/PID/mem of the agent."""
-    _prctl(PR_SET_DUMPABLE, 0, what="PR_SET_DUMPABLE")
 
 
 # qos -> (nice value, scheduling policy, I/O priority class): macOS's QoS classes in Linux

@@ -14,7 +14,7 @@ import errno
 import os
 import stat
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -226,10 +226,3 @@ def _add_path_rule(libc: ctypes.CDLL, rfd: int, rule: PathRule, handled: int) ->
 def _add_port_rule(libc: ctypes.CDLL, rfd: int, access: int, port: int) -> None:
     buf = ctypes.create_string_buffer(struct.pack("=QQ", access, port), 16)
     _check(libc.syscall(SYS_ADD_RULE, rfd, RULE_NET_PORT, buf, 0), f"add_rule port {port}")
-
-
-def missing_for(plan_needs: Sequence[tuple[str, int]], abi: int) -> list[str]:
-    """Features (name, first ABI) that this kernel's ABI lacks, for fail-closed checks."""
-    return [
-        f"{name} (Landlock ABI {need}, kernel has {abi})" for name, need in plan_needs if abi < need
-    ]

@@ -532,7 +532,7 @@ def _lock_child(plan: Plan, sock: socket.socket, filt: Any) -> None:
     if filt is None:  # best_effort without user notification: the kernel acts alone
         filt = seccomp.build_filter(
             plan.rules,
-            violation=_KERNEL_ACTION[policy.violation],
+            violation=seccomp.KERNEL_ACTIONS[policy.violation],
             self_pid=os.getpid(),
             never_action="kill",
         )
@@ -545,13 +545,6 @@ def _lock_child(plan: Plan, sock: socket.socket, filt: Any) -> None:
         wire.send(channel, {"id": 0, "op": "listener"}, fd=listener)
         os.close(listener)
     channel.detach()
-
-
-_KERNEL_ACTION: dict[str, seccomp.ViolationAction] = {
-    "kill": "kill",
-    "errno": "errno",
-    "log": "log",
-}
 
 
 def _isolate_dns(plan: Plan, sock: socket.socket) -> None:
@@ -616,9 +609,3 @@ def _prepare_agent_init(plan: Plan) -> None:
     channel = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=wire.BROKER_FD)
     wire.send(channel, {"id": 0, "op": "ready"})
     channel.detach()
-
-
-def exit_status_for_error(e: BaseException) -> int:
-    if isinstance(e, OSError) and e.errno == errno.ENOENT:
-        return 127
-    return 3

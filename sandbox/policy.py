@@ -385,35 +385,37 @@ class _Ctx:
         )
         return None
 
-    def size(self, node: yaml.Node, what: str, minimum: int = 0) -> int | None:
+    def _unit(self, node: yaml.Node, what: str, kind: str) -> tuple[str, float] | None:
+        """(text, value) of a size or a duration, or None after recording the problem."""
         value = self.text_of(node, what)
         if value is None:
             return None
-        try:
-            from sandbox import units  # parsed policies only: Decimal costs the -p/-v path
+        from sandbox import units  # parsed policies only: Decimal costs the -p/-v path
 
-            result = units.parse_size(value)
+        parse = {"size": units.parse_size, "duration": units.parse_duration}[kind]
+        try:
+            return value, parse(value)
         except units.UnitError as exc:
             self.error(node, f"{what}: {exc}")
             return None
-        if result < minimum:
-            self.error(node, f"{what} must be at least {minimum} bytes, not {value}")
+
+    def size(self, node: yaml.Node, what: str, minimum: int = 0) -> int | None:
+        parsed = self._unit(node, what, "size")
+        if parsed is None:
             return None
-        return result
+        text, result = parsed
+        if result < minimum:
+            self.error(node, f"{what} must be at least {minimum} bytes, not {text}")
+            return None
+        return int(result)
 
     def duration(self, node: yaml.Node, what: str) -> float | None:
-        value = self.text_of(node, what)
-        if value is None:
+        parsed = self._unit(node, what, "duration")
+        if parsed is None:
             return None
-        try:
-            from sandbox import units  # parsed policies only: Decimal costs the -p/-v path
-
-            result = units.parse_duration(value)
-        except units.UnitError as exc:
-            self.error(node, f"{what}: {exc}")
-            return None
+        text, result = parsed
         if result <= 0:
-            self.error(node, f"{what} must be more than 0 seconds, not {value}")
+            self.error(node, f"{what} must be more than 0 seconds, not {text}")
             return None
         return result
 

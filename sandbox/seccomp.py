@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 ViolationAction = Literal["notify", "kill", "errno", "log"]
 NeverAction = Literal["notify", "kill"]
 
+# A policy's `violation:` as the kernel's own action, where no listener decides (library
+# use, narrowing pledges, best_effort without user notification); unknown -> kill.
+KERNEL_ACTIONS: dict[str, ViolationAction] = {"kill": "kill", "errno": "errno", "log": "log"}
+
 
 # --- loading pyseccomp quickly ----------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sandbox import seccomp
+from sandbox import procfs, seccomp
 from sandbox.audit import AuditError, AuditLog
 from sandbox.plan import EXEC_SYSCALLS, Plan
 from sandbox.promises import NEVER, promise_for
@@ -58,26 +58,12 @@ def matching_handler(rules: tuple[Rule, ...], name: str, args: list[int]) -> str
 
 
 def _status_field(pid: int, key: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
+    return procfs.status_int(f"/proc/{pid}/status", key)
 
 
 def _own_ns_tgid(pid: int) -> int | None:
     """The process id of thread `pid` as that process itself sees it (innermost NStgid)."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("NStgid:"):
-                    return int(line.split()[-1])
-    except (OSError, ValueError):
-        return None
-    return None
+    return procfs.status_int(f"/proc/{pid}/status", "NStgid", last=True)
 
 
 @dataclass
