@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sandbox.audit import AuditLog, verify
+from sandbox.parent.audit import AuditLog, verify
 
 RECORDS = 4096
 BATCH = 64

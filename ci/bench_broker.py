@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Broker throughput and latency: audited reads of a 100-byte file vs reading it directly.
 
-An agent process (sandbox.client on fd 3) reads through a Broker served in this process,
+An agent process (sandbox.agent.client on fd 3) reads through a Broker served in this process,
 with a durable audit log (fdatasync per commit) in a temporary directory:
 
 - sequential: one request in flight (open + read); every request costs one commit.
@@ -31,10 +31,10 @@ from types import MappingProxyType
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sandbox.audit import AuditLog, verify  # noqa: E402
-from sandbox.broker import Broker  # noqa: E402
-from sandbox.client import PIPELINE_WINDOW  # noqa: E402
-from sandbox.model import Policy, Resource  # noqa: E402
+from sandbox.agent.client import PIPELINE_WINDOW  # noqa: E402
+from sandbox.parent.audit import AuditLog, verify  # noqa: E402
+from sandbox.parent.broker import Broker  # noqa: E402
+from sandbox.policy.model import Policy, Resource  # noqa: E402
 
 AGENT = textwrap.dedent(
     """

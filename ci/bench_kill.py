@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from sandbox.audit import verify
+from sandbox.parent.audit import verify
 from sandbox.testing import write_policy
 
 AGENT = """

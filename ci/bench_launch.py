@@ -60,7 +60,18 @@ def main() -> None:
         (
             "sandbox run",
             median_ms(
-                [SANDBOX, "run", "-p", "stdio rpath", "-v", "/usr:rx", "--audit-log", log, "--", true]
+                [
+                    SANDBOX,
+                    "run",
+                    "-p",
+                    "stdio rpath",
+                    "-v",
+                    "/usr:rx",
+                    "--audit-log",
+                    log,
+                    "--",
+                    true,
+                ]
             ),
         )
     )

@@ -20,7 +20,7 @@ def sample() -> float:
     if pid == 0:
         os.close(r)
         import sandbox
-        from sandbox import seccomp
+        from sandbox.enforce import seccomp
 
         seccomp.preload()
         t0 = time.perf_counter()

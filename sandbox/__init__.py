@@ -15,9 +15,9 @@ def __getattr__(name: str) -> Any:
     if name in ("pledge", "unveil"):
         import importlib
 
-        return getattr(importlib.import_module("sandbox.agent"), name)
+        return getattr(importlib.import_module("sandbox.agent.pledge"), name)
     if name == "connect":
-        from sandbox.client import connect
+        from sandbox.agent.client import connect
 
         return connect
     raise AttributeError(f"module 'sandbox' has no attribute {name!r}")

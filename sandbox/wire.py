@@ -1,13 +1,14 @@
-"""The broker channel's message format: one JSON object per SOCK_SEQPACKET message.
+"""The broker channel's framing: one JSON object per SOCK_SEQPACKET message.
 
 A request is {"id": int, "op": str, ...}; a reply is {"id": int, "ok": true, ...} or
 {"id": int, "ok": false, "error": "<Python exception name>", "message": str}. At most one
 file descriptor rides along a message (SCM_RIGHTS). SEQPACKET keeps message boundaries, so
 there is no stream reassembly: a message is a frame, and a frame larger than MAX_FRAME is
-refused whole (the kernel tells us with MSG_TRUNC).
+refused whole (the kernel tells us with MSG_TRUNC). What the messages say is catalogued in
+sandbox.protocol.
 
-Shared by the parent (sandbox.broker) and the agent (sandbox.client): keep it stdlib-only
-and cheap to import.
+Shared by the parent (sandbox.parent.broker) and the agent (sandbox.agent.client): keep it
+stdlib-only and cheap to import.
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ import json
 import os
 import socket
 from typing import Any
-
-BROKER_FD: int = 3  # the agent's end of the channel, placed here by the launcher
-BROKER_ENV = "SANDBOX_BROKER_FD"  # names that fd in the agent's environment
 
 MAX_FRAME = 64 * 1024  # bytes of one message, JSON included
 MAX_FDS = 1  # descriptors attached to one message

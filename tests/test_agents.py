@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import landlock
+from sandbox.enforce import landlock
 from sandbox.testing import Result, assert_allowed, assert_denied
 
 pytestmark = pytest.mark.skipif(landlock.abi_version() < 1, reason="kernel lacks Landlock")

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from sandbox.audit import (
+from sandbox.parent.audit import (
     MAX_STRING,
     ZERO_HASH,
     AuditError,
@@ -446,7 +446,7 @@ def test_commit_error_on_closed_descriptor_fails_closed(log_path: Path) -> None:
 
 WRITER = """
 import sys
-from sandbox.audit import AuditLog
+from sandbox.parent.audit import AuditLog
 path, agent, count, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 with AuditLog(path, agent) as log:
     print("ready", flush=True)
@@ -569,7 +569,7 @@ def test_other_process_waits_for_an_open_batch(log_path: Path) -> None:
     holder = AuditLog(log_path, "holder")
     assert holder.append("exit", pid=1, status=0) == 1  # holds the file lock until commit
     code = (
-        "import sys\nfrom sandbox.audit import AuditLog\n"
+        "import sys\nfrom sandbox.parent.audit import AuditLog\n"
         "with AuditLog(sys.argv[1], 'other') as log:\n"
         "    print(log.record('exit', pid=2, status=0))\n"
     )

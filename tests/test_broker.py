@@ -1,4 +1,4 @@
-"""The broker, both sides: a real agent process using sandbox.client on fd 3, a real Broker
+"""The broker, both sides: a real agent process using sandbox.agent.client on fd 3, a real Broker
 serving it in this process, a real audit log. Every right granted works and, when not
 promised, is refused with PermissionError naming the promise and recorded as a denial.
 Path escapes are refused by the kernel (openat2 RESOLVE_*), abuse of the channel leaves
@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from sandbox import wire
-from sandbox.audit import AuditLog, read_records, verify
-from sandbox.broker import Broker
-from sandbox.model import Policy, Resource
+from sandbox.parent.audit import AuditLog, read_records, verify
+from sandbox.parent.broker import Broker
+from sandbox.policy.model import Policy, Resource
+from sandbox.protocol import ENV_BROKER_FD
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -658,7 +658,7 @@ def test_registered_op_gets_the_descriptor(tmp_path: Path, vault: Path) -> None:
 
 
 def test_connect_outside_sandbox_run(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != wire.BROKER_ENV}
+    env = {k: v for k, v in os.environ.items() if k != ENV_BROKER_FD}
     env["PYTHONPATH"] = str(REPO)
     proc = subprocess.run(
         [sys.executable, "-c", "import sandbox; sandbox.connect()"],

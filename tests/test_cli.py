@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from progs.snippets import py, python_policy
 
-from sandbox.audit import verify
+from sandbox.parent.audit import verify
 from sandbox.testing import SANDBOX, Result, run_sandboxed, write_policy
 
 GUARD = 60.0  # seconds: a guard against a hung command, never a timing assertion
@@ -345,6 +345,26 @@ def test_audit_show_filters_by_kind_and_agent(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- explain, promises...
+
+
+def test_explain_shows_where_landlock_grants_the_union(tmp_path: Path) -> None:
+    # unveil(2) lets the closest path decide; Landlock grants the union of nested rules.
+    # explain says so where it makes a path wider than its own letters.
+    (tmp_path / "data" / "ro").mkdir(parents=True)
+    pol = write_policy(
+        tmp_path,
+        policy("nested", "stdio rpath wpath", unveil={"data": "rw", "data/ro": "r"}),
+        "nested",
+    )
+    js = sandbox("explain", pol, "--json")
+    assert js.returncode == 0, js
+    unveil = {u["path"]: u for u in json.loads(js.stdout)["unveil"]}
+    ro, data = str(tmp_path / "data" / "ro"), str(tmp_path / "data")
+    assert (unveil[ro]["perms"], unveil[ro]["effective"]) == ("r", "rw")
+    assert (unveil[data]["perms"], unveil[data]["effective"]) == ("rw", "rw")
+    text = sandbox("explain", pol)
+    [line] = [x for x in text.stdout.splitlines() if x.startswith(ro + " ")]
+    assert "Landlock grants rw" in line, text.stdout
 
 
 def test_explain_text_and_json(tmp_path: Path) -> None:

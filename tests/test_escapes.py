@@ -41,7 +41,7 @@ from progs.kit import (
     show,
 )
 
-from sandbox import landlock
+from sandbox.enforce import landlock
 
 
 @pytest.fixture

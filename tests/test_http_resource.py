@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from sandbox.model import Resource
+from sandbox.policy.model import Resource
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_broker import RAW_PRELUDE, dir_resource, make_policy, run_agent
@@ -288,7 +288,7 @@ def test_loop_serves_while_http_pending(tmp_path: Path, server: Server) -> None:
 
 
 def test_pending_http_requests_are_bounded(tmp_path: Path, server: Server) -> None:
-    from sandbox.broker import MAX_HTTP_PENDING
+    from sandbox.parent.broker import MAX_HTTP_PENDING
 
     run = run_agent(
         tmp_path,

@@ -11,6 +11,7 @@ import errno
 import json
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -19,8 +20,11 @@ from typing import Any
 import pytest
 from progs.snippets import ATTEMPT
 
-from sandbox import landlock
-from sandbox.testing import Result, assert_denied, run_sandboxed
+from sandbox.enforce import landlock
+from sandbox.errors import UsageError
+from sandbox.policy.loader import load_policy
+from sandbox.policy.narrow import narrow
+from sandbox.testing import Result, assert_denied, run_sandboxed, write_policy
 
 pytestmark = pytest.mark.skipif(landlock.abi_version() < 1, reason="kernel lacks Landlock")
 
@@ -31,8 +35,8 @@ VIOLATION_EXIT = 128 + signal.SIGSYS
 PRELUDE = (
     """
 import errno, json, os, socket, subprocess, sys, threading, time
-import sandbox, sandbox.agent
-from sandbox import pathsets
+import sandbox, sandbox.agent.pledge
+from sandbox.policy import pathsets
 def unveil_python():
     for name in ("@python", "@system"):
         for p in pathsets.expand(name):
@@ -236,6 +240,45 @@ def test_declaration_within_the_policy_is_accepted(tmp_path: Path, data: Path) -
     assert out["after"] == ["ok", True]
     [lock] = lock_records(r)
     assert lock["pledge"] == "rpath stdio" and lock["unveil"][f"{data}/sub"] == "r"
+
+
+def test_nested_read_only_unveil_cannot_be_declared_writable(tmp_path: Path) -> None:
+    # The policy gives data/ 'rw' and data/ro/ only 'r'. The closest enclosing unveil
+    # decides, as for `-v` narrowing: a lock declaring data/ro writable is refused (it once
+    # was accepted, because data: rw "covered" it, and the agent overwrote data/ro/keep.txt).
+    data = tmp_path / "data"
+    ro = data / "ro"
+    ro.mkdir(parents=True)
+    keep = ro / "keep.txt"
+    keep.write_text("original")
+    # Writing an existing file needs 'wpath' only (no O_CREAT, no 'cpath').
+    attack = f"os.write(os.open({str(keep)!r}, os.O_WRONLY | os.O_TRUNC), b'overwritten')"
+    # Without the sandbox the write works: the test can fail.
+    other = tmp_path / "other.txt"
+    other.write_text("original")
+    unsandboxed = "import os; " + attack.replace(str(keep), str(other))
+    subprocess.run([sys.executable, "-c", unsandboxed], check=True)
+    assert other.read_text() == "overwritten"
+    policy = {"pledge": "stdio rpath wpath", "unveil": base_unveil((data, "rw"), (ro, "r"))}
+    r, out = run_agent(
+        tmp_path,
+        f"""
+        unveil_python()
+        sandbox.unveil(RO, "rw")
+        attempt("pledge", lambda: sandbox.pledge("stdio rpath wpath"))
+        attempt("write", lambda: {attack})
+        """,
+        policy,
+        RO=str(ro),
+    )
+    assert r.status == VIOLATION_EXIT, r
+    assert "write" not in out and keep.read_text() == "original", r
+    [lock] = lock_records(r)
+    assert lock["decision"] == "deny" and f"unveil {ro}:rw is not within" in lock["reason"], lock
+    # The same declaration through -v is refused by the same check.
+    path = write_policy(tmp_path, {"version": 1, "name": "nested", **policy}, "nested")
+    with pytest.raises(UsageError, match="asks for 'w'"):
+        narrow(load_policy(path), None, [f"{ro}:rw"])
 
 
 def test_agent_without_unveil_sees_no_more_than_the_policy_unveils(

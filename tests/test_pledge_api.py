@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from progs.snippets import ATTEMPT
 
-from sandbox import landlock
+from sandbox.enforce import landlock
 
 pytestmark = pytest.mark.skipif(landlock.abi_version() < 1, reason="kernel lacks Landlock")
 
@@ -31,7 +31,7 @@ PRELUDE = (
     """
 import errno, json, os, sys, threading
 import sandbox
-import sandbox.agent
+import sandbox.agent.pledge
 """
     + ATTEMPT
 )
@@ -357,7 +357,7 @@ def test_a_joined_thread_does_not_make_unveil_busy(tree: Path) -> None:
     # Many forked children, each: start a thread, join it, lock unveil; none may get EBUSY.
     r = run_py(
         """
-        from sandbox import landlock
+        from sandbox.enforce import landlock
         landlock.abi_version()  # load everything once, before the forks
         codes = []
         for _ in range(300):

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from sandbox import policy as pol
-from sandbox import units
 from sandbox.errors import PolicyError, UsageError
-from sandbox.model import DEFAULT_ENV_KEEP, Policy, Unveil
+from sandbox.policy import loader as pol
+from sandbox.policy import model, narrow, schema, units
+from sandbox.policy.model import DEFAULT_ENV_KEEP, Policy, Unveil
 
 DATA = Path(__file__).parent / "data" / "policies"
 SCHEMA_FILE = Path(pol.__file__).with_name("schema.json")
@@ -343,7 +343,7 @@ def test_unknown_promise_points_at_the_word_and_suggests(tmp_path: Path) -> None
 
 
 def test_promise_names_come_from_the_promise_table() -> None:
-    names = pol.promise_names()
+    names = schema.promise_names()
     assert {"stdio", "rpath", "inet", "exec", "prot_exec"} <= names
     assert "vault:read" not in names
 
@@ -740,7 +740,7 @@ def test_check_files() -> None:
 def test_inline_policy_from_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "a:b").mkdir()
     monkeypatch.chdir(tmp_path)
-    p = pol.narrow(None, "stdio rpath", ["/usr:rx", "a:b:rw", "/tmp:"])
+    p = narrow.narrow(None, "stdio rpath", ["/usr:rx", "a:b:rw", "/tmp:"])
     assert (p.name, p.command, p.pledge) == ("inline", (), frozenset({"stdio", "rpath"}))
     assert p.unveil == (
         Unveil("/usr", frozenset("rx")),
@@ -766,7 +766,7 @@ def test_inline_policy_from_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     ]
     for promises, unveils, message in refused:
         with pytest.raises(UsageError) as info:
-            pol.narrow(None, promises, unveils)
+            narrow.narrow(None, promises, unveils)
         assert str(info.value) == message
         assert info.value.exit_status == 2
 
@@ -779,8 +779,8 @@ def base() -> Policy:
 def test_narrowing_a_policy(base: Policy) -> None:
     vault = str(DATA / "vault")
     # Nothing given: the policy as it is.
-    assert pol.narrow(base, None, []) == base
-    p = pol.narrow(base, "stdio rpath vault:read", [f"{vault}/notes:r", "/usr/bin:x"])
+    assert narrow.narrow(base, None, []) == base
+    p = narrow.narrow(base, "stdio rpath vault:read", [f"{vault}/notes:r", "/usr/bin:x"])
     assert p.pledge == {"stdio", "rpath"}
     assert p.capabilities == {("vault", "read")}  # vault:write and llm:post dropped
     assert p.unveil == (
@@ -794,8 +794,8 @@ def test_narrowing_a_policy(base: Policy) -> None:
         base.limits,
     )
     # -p without capabilities drops them all; -v alone keeps the pledge.
-    assert pol.narrow(base, "stdio", []).capabilities == frozenset()
-    only_v = pol.narrow(base, None, ["/usr:r"])
+    assert narrow.narrow(base, "stdio", []).capabilities == frozenset()
+    only_v = narrow.narrow(base, None, ["/usr:r"])
     assert (only_v.pledge, only_v.capabilities) == (base.pledge, base.capabilities)
     assert only_v.unveil == (Unveil("/usr", frozenset("r")),)
 
@@ -842,7 +842,7 @@ def test_widening_a_policy_is_refused(base: Policy) -> None:
     ]
     for promises, unveils, message in refused:
         with pytest.raises(UsageError) as info:
-            pol.narrow(base, promises, unveils)
+            narrow.narrow(base, promises, unveils)
         assert message in str(info.value)
 
 
@@ -850,12 +850,12 @@ def test_closest_unveil_decides(tmp_path: Path) -> None:
     (tmp_path / "pub" / "secret").mkdir(parents=True)
     (tmp_path / "pubx").mkdir()
     base = load(tmp_path, "version: 1\npledge: stdio rpath\nunveil: {pub: rw, pub/secret: ''}\n")
-    assert pol.narrow(base, None, [f"{tmp_path}/pub:rw"]).unveil[0].perms == frozenset("rw")
+    assert narrow.narrow(base, None, [f"{tmp_path}/pub:rw"]).unveil[0].perms == frozenset("rw")
     with pytest.raises(UsageError, match="only 'no rights'"):
-        pol.narrow(base, None, [f"{tmp_path}/pub/secret:r"])
+        narrow.narrow(base, None, [f"{tmp_path}/pub/secret:r"])
     # A common prefix is not containment: pub does not cover pubx.
     with pytest.raises(UsageError, match="is outside what policy 'p' unveils"):
-        pol.narrow(base, None, [f"{tmp_path}/pubx:r"])
+        narrow.narrow(base, None, [f"{tmp_path}/pubx:r"])
 
 
 # --- schema and JSON output -----------------------------------------------------------------
@@ -863,9 +863,10 @@ def test_closest_unveil_decides(tmp_path: Path) -> None:
 
 def test_shipped_schema_is_generated_from_the_tables() -> None:
     shipped = json.loads(SCHEMA_FILE.read_text())
-    assert shipped == pol.schema(), (
-        "sandbox/schema.json is stale; regenerate it with: python -c 'import json,"
-        "sandbox.policy as p; print(json.dumps(p.schema(), indent=2))' > sandbox/schema.json"
+    assert shipped == schema.schema(), (
+        "sandbox/policy/schema.json is stale; regenerate it with: python -c 'import json,"
+        "sandbox.policy.schema as s; print(json.dumps(s.schema(), indent=2))'"
+        " > sandbox/policy/schema.json"
     )
 
 
@@ -873,27 +874,27 @@ def test_schema_matches_the_loader_tables() -> None:
     s = json.loads(SCHEMA_FILE.read_text())
     props = s["properties"]
     assert s["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert set(props) == set(pol.TOP_LEVEL_KEYS)
+    assert set(props) == set(schema.TOP_LEVEL_KEYS)
     assert s["required"] == ["version"]
     assert s["additionalProperties"] is False
     nested = {
-        "init": pol.INIT_KEYS,
-        "network": pol.NETWORK_KEYS,
-        "limits": pol.LIMIT_KEYS,
-        "env": pol.ENV_KEYS,
+        "init": schema.INIT_KEYS,
+        "network": schema.NETWORK_KEYS,
+        "limits": schema.LIMIT_KEYS,
+        "env": schema.ENV_KEYS,
     }
     for key, table in nested.items():
         assert set(props[key]["properties"]) == set(table), key
         assert props[key]["additionalProperties"] is False
     entry = props["unveil"]["additionalProperties"]["oneOf"][1]
-    assert set(entry["properties"]) == set(pol.UNVEIL_ENTRY_KEYS)
+    assert set(entry["properties"]) == set(schema.UNVEIL_ENTRY_KEYS)
     kinds = props["resources"]["additionalProperties"]["oneOf"]
     assert {k["properties"]["type"]["const"]: set(k["properties"]) for k in kinds} == {
-        t: set(table) for t, table in pol.RESOURCE_KEYS.items()
+        t: set(table) for t, table in schema.RESOURCE_KEYS.items()
     }
-    assert props["lock"]["enum"] == ["exec", "agent"] == list(pol.LOCK_MODES)
-    assert props["violation"]["enum"] == ["kill", "errno", "log"] == list(pol.VIOLATION_MODES)
-    assert props["qos"]["enum"] == list(pol.QOS_LEVELS)
+    assert props["lock"]["enum"] == ["exec", "agent"] == list(schema.LOCK_MODES)
+    assert props["violation"]["enum"] == ["kill", "errno", "log"] == list(schema.VIOLATION_MODES)
+    assert props["qos"]["enum"] == list(schema.QOS_LEVELS)
     assert s["$defs"]["perms"]["pattern"] == "^[rwxc]*$"
     # The promise pattern admits known promises and capabilities, and nothing else.
     import re
@@ -912,7 +913,7 @@ def test_unknown_key_in_any_table_is_refused(tmp_path: Path) -> None:
 
 
 def test_policy_to_dict_is_json_and_hides_literal_secrets(base: Policy) -> None:
-    d = pol.policy_to_dict(base)
+    d = model.policy_to_dict(base)
     assert json.loads(json.dumps(d)) == d
     assert d["pledge"] == ["cpath", "exec", "inet", "rpath", "stdio", "wpath"]
     assert d["capabilities"] == ["llm:post", "vault:read", "vault:write"]
@@ -1005,8 +1006,8 @@ def test_sandbox_check_command_exit_status() -> None:
 
 def test_importing_the_loader_stays_cheap() -> None:
     code = (
-        "import sys, sandbox.policy; "
-        "print(sorted({'typer', 'sandbox.promises'} & set(sys.modules)))"
+        "import sys, sandbox.policy.loader; "
+        "print(sorted({'typer', 'sandbox.enforce.promises'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"  # promise names are read lazily, on first use

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.policy import check_files
+from sandbox.policy.loader import check_files
 from sandbox.testing import Result, assert_denied, run_sandboxed
 
 PRESETS = Path(__file__).resolve().parent.parent / "policies" / "presets"

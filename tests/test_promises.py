@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from test_seccomp import Outcome, raw, run_filtered
 
-from sandbox import promises as P
-from sandbox import syscalls as S
-from sandbox.rules import SELF_PID, Rule
+from sandbox.enforce import promises as P
+from sandbox.enforce import syscalls as S
+from sandbox.enforce.rules import SELF_PID, Rule, match
 
 AT_FDCWD = -100 & 0xFFFFFFFFFFFFFFFF
 
@@ -450,14 +450,14 @@ def test_promise_for() -> None:
 
 def test_match_precedence() -> None:
     rules = P.rules_for({"stdio", "dns"})
-    r = P.match(rules, "sendto", [3, 0, 1, 0, 0, 0])
+    r = match(rules, "sendto", [3, 0, 1, 0, 0, 0])
     assert r is not None and r.action == "allow"
-    r = P.match(rules, "sendto", [3, 0, 1, 0, 0x1000, 16])
+    r = match(rules, "sendto", [3, 0, 1, 0, 0x1000, 16])
     assert r is not None and r.action == "notify" and r.handler == "dns"
-    assert P.match(rules, "bind", [3, 0, 16]) is None
+    assert match(rules, "bind", [3, 0, 16]) is None
     kill = Rule("kill", (P.Arg(0, "eq", SELF_PID),))
-    assert P.match([kill], "kill", [7, 9], self_pid=7) == kill
-    assert P.match([kill], "kill", [8, 9], self_pid=7) is None
+    assert match([kill], "kill", [7, 9], self_pid=7) == kill
+    assert match([kill], "kill", [8, 9], self_pid=7) is None
 
 
 def test_decode_args() -> None:
@@ -505,7 +505,7 @@ def test_describe_and_format() -> None:
 
 
 def test_table_is_consistent() -> None:
-    import sandbox.seccomp as sc
+    import sandbox.enforce.seccomp as sc
 
     for p in P.PROMISES.values():
         for r in p.rules:

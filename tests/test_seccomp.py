@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 
-from sandbox import promises as P
-from sandbox import seccomp as sc
-from sandbox.rules import Arg, Rule
+from sandbox.enforce import promises as P
+from sandbox.enforce import seccomp as sc
+from sandbox.enforce.rules import Arg, Rule, match
+from sandbox.protocol import BROKER_FD
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -81,12 +82,12 @@ def run_filtered(
         status = 0
         try:
             os.close(r)
-            os.dup2(w, P.BROKER_FD)
+            os.dup2(w, BROKER_FD)
             if setup is not None:
                 setup()
             assert _libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
             if unfiltered:  # a control: the same code without a filter
-                os.write(P.BROKER_FD, pickle.dumps(fn()))
+                os.write(BROKER_FD, pickle.dumps(fn()))
                 os._exit(0)
             filt = sc.build_filter(
                 P.rules_for(promises) if rules is None else rules,
@@ -99,10 +100,10 @@ def run_filtered(
                 assert lfd is not None
                 socket.send_fds(listener_to, [b"L"], [lfd])
             result = fn()
-            os.write(P.BROKER_FD, pickle.dumps(result))
+            os.write(BROKER_FD, pickle.dumps(result))
         except BaseException as e:  # report everything, the parent asserts
             try:
-                os.write(P.BROKER_FD, pickle.dumps(("EXC", repr(e))))
+                os.write(BROKER_FD, pickle.dumps(("EXC", repr(e))))
             finally:
                 status = 99
         finally:
@@ -375,10 +376,10 @@ def test_dns_connect_goes_to_the_parent_without_inet() -> None:
     )  # fmt: skip
     assert out.result == -errno.EACCES  # the parent's answer, not the kernel's
     (n,) = [n for n in seen if n.syscall == "connect"]
-    rule = P.match(P.rules_for({"stdio", "dns"}), "connect", n.args)
+    rule = match(P.rules_for({"stdio", "dns"}), "connect", n.args)
     assert rule is not None and rule.handler == "dns"
     # with inet, connect is the kernel's business: no notification, a real connect
-    assert P.match(P.rules_for({"stdio", "dns", "inet"}), "connect", n.args) == Rule("connect")
+    assert match(P.rules_for({"stdio", "dns", "inet"}), "connect", n.args) == Rule("connect")
 
 
 # --- compiler errors (fail closed) ---------------------------------------------------------
@@ -408,7 +409,7 @@ def test_never_call_in_rules_is_refused() -> None:
 
 def test_install_requires_no_new_privs() -> None:
     code = (
-        "from sandbox import seccomp as sc, promises as P\n"
+        "from sandbox.enforce import seccomp as sc, promises as P\n"
         "from sandbox.errors import SetupError\n"
         "f = sc.build_filter(P.rules_for({'stdio'}), violation='kill', self_pid=1)\n"
         "try:\n    sc.install(f, listener=False)\n"

@@ -1,0 +1,287 @@
+"""The agent's side of the broker channel: ask the parent to do what the policy promises.
+
+    parent = sandbox.connect()
+    with parent.open("vault", "notes/today.md") as f:
+        text = f.read()
+
+Every call is one request and one reply (synchronous; ids checked). A refusal raises the
+Python exception the parent names: PermissionError for anything the policy does not
+promise ("vault:write is not promised"), FileNotFoundError, FileExistsError, ... Files come
+back as descriptors (SCM_RIGHTS), so reading and writing them costs no further round trip.
+
+Kept light to import (stdlib only, no sandbox internals beyond sandbox.wire and
+sandbox.protocol): it runs in
+every agent, often under a seccomp filter that allows little on the channel besides
+recvmsg/sendmsg/close.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterable, Sequence
+from typing import IO, Any, NamedTuple
+
+from sandbox import wire
+from sandbox.protocol import ENV_BROKER_FD, ERROR_NAMES, Op
+
+# The exception classes the parent may name (sandbox.protocol.ERROR_NAMES are builtins).
+ERRORS: dict[str, type[Exception]] = {name: getattr(builtins, name) for name in ERROR_NAMES}
+PIPELINE_WINDOW = 128  # requests in flight in pipeline(); keeps the parent's send buffer small
+
+
+class Entry(NamedTuple):
+    name: str
+    type: str  # file, dir, symlink, fifo, socket, chardev, blockdev, other
+
+
+class StatResult(NamedTuple):
+    size: int
+    mtime: float
+    type: str
+    mode: int
+
+
+class HttpResponse(NamedTuple):
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        """The first value of header `name` (case-insensitive), or None."""
+        low = name.lower()
+        return next((v for k, v in self.headers if k.lower() == low), None)
+
+
+def _read_fd(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def error_from(reply: dict[str, Any]) -> Exception:
+    cls = ERRORS.get(str(reply.get("error")), OSError)
+    return cls(str(reply.get("message", "refused by the parent")))
+
+
+def _wire_mode(mode: str) -> tuple[str, bool]:
+    """('r'|'w'|..., binary) from a builtin-open() mode string."""
+    binary = "b" in mode
+    core = mode.replace("b", "").replace("t", "")
+    plus = "+" in core
+    base = core.replace("+", "")
+    if len(base) != 1 or base not in "rwax" or core.count("+") > 1 or ("b" in mode and "t" in mode):
+        raise ValueError(f"invalid mode: {mode!r}")
+    return base + ("+" if plus else ""), binary
+
+
+class Parent:
+    """The broker channel (one per process; see connect())."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._next = 1
+
+    # -- raw requests
+
+    def _ids(self, n: int) -> list[int]:
+        first, self._next = self._next, self._next + n
+        return list(range(first, first + n))
+
+    def _recv(self) -> tuple[dict[str, Any], int | None]:
+        try:
+            reply, fd = wire.recv(self._sock, reply=True)
+        except wire.ChannelClosed:
+            raise ConnectionError("the parent closed the broker channel") from None
+        if reply.get("memfd") and fd is not None:
+            # A reply too large for a frame comes as JSON in a sealed memfd.
+            try:
+                reply = json.loads(_read_fd(fd))
+            finally:
+                os.close(fd)
+            fd = None
+        return reply, fd
+
+    def request(self, op: str, **fields: Any) -> tuple[dict[str, Any], int | None]:
+        """Send one request; the reply and the descriptor that came with it (yours to close).
+
+        Raises the exception the parent names if the request failed.
+        """
+        attach = fields.pop("fd", None)
+        with self._lock:
+            (ident,) = self._ids(1)
+            wire.send(self._sock, {"id": ident, "op": op, **fields}, attach)
+            reply, fd = self._recv()
+        if reply.get("id") != ident:
+            if fd is not None:
+                os.close(fd)
+            raise ConnectionError(f"broker reply for request {reply.get('id')}, expected {ident}")
+        if not reply.get("ok"):
+            if fd is not None:
+                os.close(fd)
+            raise error_from(reply)
+        return reply, fd
+
+    def pipeline(
+        self, requests: Iterable[tuple[str, dict[str, Any]]], window: int = PIPELINE_WINDOW
+    ) -> list[tuple[dict[str, Any], int | None] | Exception]:
+        """Several requests in flight at once (the parent records them with one commit).
+
+        Results in request order: (reply, fd) or the exception for that request.
+        """
+        reqs = list(requests)
+        results: dict[int, tuple[dict[str, Any], int | None] | Exception] = {}
+        with self._lock:
+            ids = self._ids(len(reqs))
+            sent = 0
+            while len(results) < len(reqs):
+                while sent < len(reqs) and sent - len(results) < window:
+                    op, fields = reqs[sent]
+                    wire.send(self._sock, {"id": ids[sent], "op": op, **fields})
+                    sent += 1
+                reply, fd = self._recv()
+                ident = reply.get("id")
+                if not isinstance(ident, int) or ident not in ids[:sent] or ident in results:
+                    if fd is not None:
+                        os.close(fd)
+                    raise ConnectionError(f"unexpected broker reply id {ident}")
+                if reply.get("ok"):
+                    results[ident] = (reply, fd)
+                else:
+                    if fd is not None:
+                        os.close(fd)
+                    results[ident] = error_from(reply)
+        return [results[i] for i in ids]
+
+    # -- files
+
+    def open(
+        self,
+        resource: str,
+        path: str,
+        mode: str = "r",
+        encoding: str | None = None,
+        create: bool = True,
+    ) -> IO[Any]:
+        """A file object on a descriptor the parent opened, text or binary as open() does."""
+        wmode, binary = _wire_mode(mode)
+        _, fd = self.request(Op.OPEN, resource=resource, path=path, mode=wmode, create=create)
+        if fd is None:
+            raise ConnectionError("broker sent no descriptor for open")
+        try:
+            return open(fd, mode, encoding=None if binary else encoding)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def read(self, resource: str, path: str) -> bytes:
+        with self.open(resource, path, "rb") as f:
+            data: bytes = f.read()
+            return data
+
+    def read_many(self, resource: str, paths: Sequence[str]) -> list[bytes]:
+        """Read several files with pipelined requests; raises the first failure."""
+        out: list[bytes] = []
+        reqs = [(Op.OPEN, {"resource": resource, "path": p, "mode": "r"}) for p in paths]
+        results = self.pipeline(reqs)
+        error: Exception | None = None
+        for r in results:
+            if isinstance(r, Exception):
+                error = error or r
+                continue
+            fd = r[1]
+            if fd is None:
+                error = error or ConnectionError("broker sent no descriptor for open")
+                continue
+            try:
+                out.append(_read_fd(fd))
+            finally:
+                os.close(fd)
+        if error is not None:
+            raise error
+        return out
+
+    def write(self, resource: str, path: str, data: bytes | str, create: bool = True) -> None:
+        """Replace the file's contents (creating it if `create` and the policy allows)."""
+        raw = data.encode() if isinstance(data, str) else data
+        with self.open(resource, path, "wb", create=create) as f:
+            f.write(raw)
+
+    def list(self, resource: str, path: str = "") -> list[Entry]:
+        reply, _ = self.request(Op.LIST, resource=resource, path=path)
+        return [Entry(str(n), str(t)) for n, t in reply.get("entries", [])]
+
+    def stat(self, resource: str, path: str) -> StatResult:
+        r, _ = self.request(Op.STAT, resource=resource, path=path)
+        return StatResult(int(r["size"]), float(r["mtime"]), str(r["type"]), int(r["mode"]))
+
+    def remove(self, resource: str, path: str) -> None:
+        self.request(Op.REMOVE, resource=resource, path=path)
+
+    def rename(self, resource: str, src: str, dst: str) -> None:
+        self.request(Op.RENAME, resource=resource, src=src, dst=dst)
+
+    def mkdir(self, resource: str, path: str) -> None:
+        self.request(Op.MKDIR, resource=resource, path=path)
+
+    # -- http
+
+    def http(
+        self,
+        resource: str,
+        method: str,
+        path: str = "",
+        body: bytes | str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> HttpResponse:
+        fields: dict[str, Any] = {"resource": resource, "method": method, "path": path}
+        if body is not None:
+            raw = body.encode() if isinstance(body, str) else body
+            fields["body"] = base64.b64encode(raw).decode("ascii")
+        if headers:
+            fields["headers"] = headers
+        reply, fd = self.request(Op.HTTP, **fields)
+        data = b""
+        if fd is not None:
+            try:
+                data = _read_fd(fd)
+            finally:
+                os.close(fd)
+        pairs = [(str(k), str(v)) for k, v in reply.get("headers", [])]
+        return HttpResponse(int(reply.get("status", 0)), pairs, data)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+_parent: Parent | None = None
+_parent_lock = threading.Lock()
+
+
+def connect() -> Parent:
+    """The broker channel the launcher gave this process (the same object on every call)."""
+    global _parent
+    with _parent_lock:
+        if _parent is None:
+            value = os.environ.get(ENV_BROKER_FD)
+            if value is None:
+                raise RuntimeError(
+                    "sandbox.connect(): no broker channel; this program was not started by "
+                    f"`sandbox run` ({ENV_BROKER_FD} is not set)"
+                )
+            try:
+                fd = int(value)
+            except ValueError:
+                why = f"{ENV_BROKER_FD}={value!r} is not a descriptor number"
+                raise RuntimeError(why) from None
+            # Family, type and proto given so that CPython need not ask the kernel (the
+            # agent's seccomp filter may refuse getsockopt).
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=fd)
+            _parent = Parent(sock)
+        return _parent

@@ -1,0 +1,311 @@
+"""Policy -> Plan: what the kernel will be told, as data, computed without touching it.
+
+The plan is what `explain` prints, what the start record calls `enforced`, and the only
+input of the code that applies mechanisms (sandbox.enforce.apply).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sandbox.enforce import landlock, mounts
+from sandbox.enforce.kernel import Features
+from sandbox.enforce.promises import IMPLIED_UNVEILS, rules_for
+from sandbox.enforce.rules import SELF_PID, Rule
+from sandbox.errors import SetupError
+from sandbox.policy.model import Policy, Unveil
+from sandbox.protocol import BROKER_FD, ENV_AGENT, ENV_BROKER_FD, ENV_LOCK, ENV_VIOLATION
+
+# Every exec reaches the parent: the first is the launcher's own exec of the command (the
+# lock moment), later ones need 'exec' and move the process under its execpromises.
+EXEC_RULES = (
+    Rule("execve", action="notify", handler="exec"),
+    Rule("execveat", action="notify", handler="exec"),
+)
+EXEC_SYSCALLS = frozenset(r.syscall for r in EXEC_RULES)
+
+RLIMIT_OF = {
+    "cpu": resource.RLIMIT_CPU,
+    "files": resource.RLIMIT_NOFILE,
+    "file_size": resource.RLIMIT_FSIZE,
+}
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A mechanism the policy needs; `missing` says why it cannot be had here (None: fine)."""
+
+    name: str
+    why: str
+    missing: str | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    policy: Policy
+    rules: tuple[Rule, ...]
+    landlock: landlock.LandlockPlan | None
+    unveils: tuple[Unveil, ...]
+    noexec: tuple[str, ...]
+    rlimits: tuple[tuple[int, int], ...]
+    cgroup_memory: int | None
+    cgroup_processes: int | None
+    env: Mapping[str, str]
+    requirements: tuple[Requirement, ...]
+    user_notif: bool = True
+    degraded: tuple[str, ...] = field(default=())
+    dns_relay: bool = False  # 'dns' without 'inet': own network namespace, parent relays DNS
+
+    @property
+    def missing(self) -> list[Requirement]:
+        return [r for r in self.requirements if r.missing]
+
+    def enforced(self) -> dict[str, Any]:
+        """What the kernel enforces for this run (the start record's `enforced`)."""
+        ll = self.landlock
+        return {
+            "seccomp": {"promises": sorted(self.policy.pledge), "listener": self.user_notif},
+            "landlock": None
+            if ll is None
+            else {
+                "abi": ll.abi,
+                "fs": True,
+                "tcp": bool(ll.handled_net),
+                "scopes": landlock_scope_names(ll.scopes),
+            },
+            "noexec_writable_paths": list(self.noexec),
+            "dns": "relayed by the parent, own network namespace" if self.dns_relay else None,
+            "cgroup": {"memory": self.cgroup_memory, "processes": self.cgroup_processes}
+            if self.cgroup_memory is not None or self.cgroup_processes is not None
+            else None,
+            "rlimits": {str(r): v for r, v in self.rlimits},
+            "qos": self.policy.qos,
+            "no_new_privs": True,
+            "capabilities": "all dropped",
+            "not_enforced": list(self.degraded),
+        }
+
+
+def landlock_scope_names(scopes: int) -> list[str]:
+    names = {
+        landlock.SCOPE_ABSTRACT_UNIX_SOCKET: "abstract_unix_socket",
+        landlock.SCOPE_SIGNAL: "signal",
+    }
+    return [n for bit, n in names.items() if scopes & bit]
+
+
+def effective_unveils(policy: Policy) -> tuple[Unveil, ...]:
+    """The policy's unveils plus the read-only files some promises imply (dns, getpw...)."""
+    out = list(policy.unveil)
+    have = {u.path for u in out}
+    for promise in sorted(policy.pledge):
+        for path, perms in IMPLIED_UNVEILS.get(promise, ()):
+            if path not in have:
+                out.append(Unveil(path=path, perms=frozenset(perms), optional=True))
+                have.add(path)
+    return tuple(out)
+
+
+def _self_signal(rule: Rule) -> Rule:
+    """A signal to the agent itself is decided by the parent (it knows the caller's pid, and
+    the caller, blocked in the call, cannot change it), so the filter names no pid and can
+    be built before the fork."""
+    if any(a.value == SELF_PID for a in rule.args):
+        return Rule(rule.syscall, action="notify", handler="self_signal")
+    return rule
+
+
+def seccomp_rules(pledge: Iterable[str], execpromises: Iterable[str] | None) -> tuple[Rule, ...]:
+    """The launched filter's rules: the pledge, exec routed to the parent, and under
+    execpromises every rule the pledge has beyond them routed to the parent too (it knows
+    which processes have exec'd; the filter cannot)."""
+    pledge = set(pledge)
+    base = [_self_signal(r) for r in rules_for(pledge) if r.syscall not in EXEC_SYSCALLS]
+    if execpromises is not None:
+        narrow = set(rules_for(set(execpromises) & pledge))
+        base = [
+            r
+            if r in narrow or r.action != "allow"
+            else replace(r, action="notify", handler="execpromises")
+            for r in base
+        ]
+    return (*base, *EXEC_RULES)
+
+
+def compile_plan(policy: Policy, feats: Features, environ: Mapping[str, str] | None = None) -> Plan:
+    environ = os.environ if environ is None else environ
+    reqs: list[Requirement] = []
+    degraded: list[str] = []
+
+    def need(name: str, why: str, missing: str | None) -> bool:
+        reqs.append(Requirement(name, why, missing))
+        if missing:
+            degraded.append(f"{name}: {missing}")
+        return missing is None
+
+    user_notif = need(
+        "seccomp user notification",
+        "the parent records each violation and decides kill/errno/log",
+        None if feats.user_notif else "kernel lacks SECCOMP_RET_USER_NOTIF",
+    )
+
+    unveils = effective_unveils(policy)
+    abi = feats.landlock_abi
+    ll: landlock.LandlockPlan | None = None
+    if need(
+        "Landlock", "unveil: the filesystem view", None if abi >= 1 else "Landlock not available"
+    ):
+        used = 0
+        paths = []
+        for u in unveils:
+            if u.optional and not os.path.exists(u.path):
+                continue
+            rights = landlock.rights_for(u.perms)
+            used |= rights
+            paths.append(landlock.PathRule(u.path, rights))
+        # resolve_unix matters only to agents that can make unix sockets; see below.
+        for right in landlock.right_names(used & ~landlock.RESOLVE_UNIX):
+            bit = next(b for b, n in landlock.FS_RIGHT_NAMES.items() if n == right)
+            first = landlock.FS_RIGHT_ABI[bit]
+            need(
+                f"Landlock {right}",
+                "a permission letter of unveil",
+                None if abi >= first else f"needs Landlock ABI {first}, kernel has {abi}",
+            )
+        if "unix" in policy.pledge:
+            first = landlock.FS_RIGHT_ABI[landlock.RESOLVE_UNIX]
+            need(
+                "Landlock resolve_unix",
+                "promise 'unix': connect/sendmsg only to pathname sockets unveiled 'w'",
+                None if abi >= first else f"needs Landlock ABI {first}, kernel has {abi}",
+            )
+        net = policy.network
+        handled_net = 0
+        if net is not None:
+            ok = need(
+                "Landlock TCP rules",
+                "network.connect / network.bind",
+                None
+                if abi >= landlock.NET_ABI
+                else f"needs Landlock ABI {landlock.NET_ABI}, kernel has {abi}",
+            )
+            handled_net = landlock.NET_BIND_TCP | landlock.NET_CONNECT_TCP if ok else 0
+        elif "inet" not in policy.pledge and abi >= landlock.NET_ABI:
+            # No inet: seccomp already refuses socket(); Landlock refuses TCP as well.
+            handled_net = landlock.NET_BIND_TCP | landlock.NET_CONNECT_TCP
+        scopes = 0
+        if need(
+            "Landlock scopes",
+            "no signals or abstract unix sockets to processes outside the sandbox",
+            None
+            if abi >= landlock.SCOPE_ABI
+            else f"needs Landlock ABI {landlock.SCOPE_ABI}, kernel has {abi}",
+        ):
+            scopes = landlock.SCOPE_ABSTRACT_UNIX_SOCKET | landlock.SCOPE_SIGNAL
+        ll = landlock.LandlockPlan(
+            handled_fs=landlock.all_fs_rights(abi),
+            paths=tuple(paths),
+            handled_net=handled_net,
+            connect_ports=net.connect if net and handled_net else (),
+            bind_ports=net.bind if net and handled_net else (),
+            scopes=scopes,
+            abi=abi,
+        )
+
+    noexec: tuple[str, ...] = ()
+    if "prot_exec" not in policy.pledge:
+        present = [u for u in unveils if os.path.exists(u.path)]
+        # Directories and regular files only: a device such as /dev/null: rw stays as is.
+        writable = sorted(
+            {
+                os.path.realpath(u.path)
+                for u in present
+                if (u.perms & {"w", "c"})
+                and "x" not in u.perms
+                and (os.path.isdir(u.path) or os.path.isfile(u.path))
+            }
+        )
+        others = sorted({os.path.realpath(u.path) for u in present} - set(writable))
+        writable = mounts.noexec_points(writable, others)
+        if writable and need(
+            "noexec writable paths",
+            "no executable mapping of a file the agent could have written",
+            None if feats.mount_ns else "needs root for a private mount namespace",
+        ):
+            noexec = tuple(writable)
+
+    lim = policy.limits
+    if lim.memory is not None or lim.processes is not None:
+        can = ("pids" in feats.cgroup_v2 and "memory" in feats.cgroup_v2) or (
+            feats.root and {"pids", "memory"} <= feats.cgroup_v1
+        )
+        if not need(
+            "cgroup pids+memory",
+            "limits.processes / limits.memory for the whole process tree",
+            None
+            if can
+            else "no delegated cgroup v2 with pids and memory, and not root for cgroup v1",
+        ):
+            lim = replace(lim, memory=None, processes=None)
+
+    if policy.user is not None:
+        need("root", f"user: {policy.user}", None if feats.root else "the launcher is not root")
+
+    dns_relay = (
+        "dns" in policy.pledge
+        and "inet" not in policy.pledge
+        and need(
+            "network namespace for dns",
+            "promise 'dns' without 'inet': no datagram may leave but DNS queries (sendmsg "
+            "carries its destination where the filter cannot read it)",
+            None if feats.root else "needs root for a network namespace",
+        )
+    )
+
+    rlimits = tuple(
+        (RLIMIT_OF[name], int(value))
+        for name, value in (("cpu", lim.cpu), ("files", lim.files), ("file_size", lim.file_size))
+        if value is not None
+    )
+
+    env = {k: environ[k] for k in policy.env.keep if k in environ}
+    env.update(policy.env.set)
+    env[ENV_BROKER_FD] = str(BROKER_FD)
+    env[ENV_AGENT] = policy.name
+    if policy.lock == "agent":
+        env[ENV_LOCK] = "agent"
+        env[ENV_VIOLATION] = policy.violation
+
+    return Plan(
+        policy=policy,
+        rules=seccomp_rules(policy.pledge, policy.execpromises),
+        landlock=ll,
+        unveils=unveils,
+        noexec=noexec,
+        rlimits=rlimits,
+        cgroup_memory=lim.memory,
+        cgroup_processes=lim.processes,
+        env=env,
+        requirements=tuple(reqs),
+        user_notif=user_notif,
+        degraded=tuple(degraded),
+        dns_relay=dns_relay,
+    )
+
+
+def check_enforceable(plan: Plan) -> None:
+    """Fail closed: refuse a plan that misses a mechanism, unless best_effort."""
+    missing = plan.missing
+    if missing and not plan.policy.best_effort:
+        lines = [f"  {r.name} ({r.why}): {r.missing}" for r in missing]
+        raise SetupError(
+            "this kernel cannot enforce the policy fully (set best_effort: true to run anyway):\n"
+            + "\n".join(lines)
+        )
+    for u in plan.unveils:
+        if not u.optional and not os.path.exists(u.path):
+            raise SetupError(f"unveil {u.path}: no such file or directory")

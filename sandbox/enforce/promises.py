@@ -1,0 +1,835 @@
+"""The promise table (SPEC section 5): promise -> system calls with argument conditions.
+
+Pure data, read by one compiler (sandbox.enforce.seccomp) and by the one evaluator of
+sandbox.enforce.rules (the parent routes user notifications with it, and this module
+words violation messages with it). Modelled on OpenBSD's pledge(2) and
+Cosmopolitan's Linux port, stricter where a Linux filter cannot see what OpenBSD's kernel
+sees. x86-64 only. Decisions that are not obvious are explained next to their rows.
+
+Semantics of a rule set:
+- Rules for the same call OR together; the Args of one rule AND together; at most one Arg
+  per argument index (libseccomp refuses two).
+- Where several rules match, the most permissive action wins: allow > notify > enosys.
+  The compiler relies on rules of different actions on one call being disjoint, or on an
+  unconditional allow (which supersedes everything else on that call).
+- Argument checks see the 64-bit registers. Conditions are written so that stray upper
+  bits make a call fail the check (refused), never pass it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from sandbox.enforce import syscalls as S
+from sandbox.enforce.rules import SELF_PID, Arg, Rule, RuleAction, rule_matches
+from sandbox.protocol import BROKER_FD
+
+
+@dataclass(frozen=True)
+class Promise:
+    name: str
+    summary: str
+    rules: tuple[Rule, ...]
+
+
+# --- small constructors: the table reads as data ------------------------------------------
+
+
+def _eq(index: int, value: int) -> Arg:
+    return Arg(index, "eq", value)
+
+
+def _bits(index: int, mask: int, value: int) -> Arg:
+    """(arg & mask) == value."""
+    return Arg(index, "masked_eq", value, mask)
+
+
+def _calls(*names: str, also: Iterable[str] = ()) -> tuple[Rule, ...]:
+    return tuple(Rule(n, also=frozenset(also)) for n in names)
+
+
+def _r(
+    name: str,
+    *args: Arg,
+    also: Iterable[str] = (),
+    action: RuleAction = "allow",
+    handler: str | None = None,
+) -> Rule:
+    return Rule(name, tuple(args), action=action, handler=handler, also=frozenset(also))
+
+
+def _each(
+    name: str, index: int, values: Iterable[int], also: Iterable[str] = ()
+) -> tuple[Rule, ...]:
+    return tuple(_r(name, _eq(index, v), also=also) for v in values)
+
+
+# --- building blocks ------------------------------------------------------------------------
+
+_OPEN_MODE_MASK = S.O_ACCMODE | S.O_CREAT | S.O_TRUNC | S.O_TMPFILE_BIT
+_OPEN_CALLS = (("open", 1), ("openat", 2))  # (call, index of the flags argument)
+
+
+def _opens(mask: int, value: int, also: Iterable[str] = ()) -> tuple[Rule, ...]:
+    return tuple(_r(n, _bits(i, mask, value), also=also) for n, i in _OPEN_CALLS)
+
+
+# Opens by promise. rpath: read-only; wpath: write access to existing files (O_TRUNC is
+# part of writing: a file unveiled 'w' must be truncatable on open); O_RDWR needs both;
+# cpath: creating (O_CREAT, O_TMPFILE) together with the access it opens for.
+_RPATH_OPENS = _opens(_OPEN_MODE_MASK, S.O_RDONLY)
+_WPATH_OPENS = (
+    *_opens(S.O_ACCMODE | S.O_CREAT | S.O_TMPFILE_BIT, S.O_WRONLY),
+    *_opens(S.O_ACCMODE | S.O_CREAT | S.O_TMPFILE_BIT, S.O_RDWR, also=("rpath",)),
+    *_opens(_OPEN_MODE_MASK, S.O_RDONLY | S.O_TRUNC, also=("rpath",)),
+)
+_CREATE_MASK = S.O_ACCMODE | S.O_CREAT | S.O_TMPFILE_BIT
+_CPATH_OPENS = (
+    *_opens(_CREATE_MASK, S.O_CREAT | S.O_RDONLY, also=("rpath",)),
+    *_opens(_CREATE_MASK, S.O_CREAT | S.O_WRONLY, also=("wpath",)),
+    *_opens(_CREATE_MASK, S.O_CREAT | S.O_RDWR, also=("rpath", "wpath")),
+    *_opens(_CREATE_MASK, S.O_TMPFILE_BIT | S.O_WRONLY, also=("wpath",)),
+    *_opens(_CREATE_MASK, S.O_TMPFILE_BIT | S.O_RDWR, also=("rpath", "wpath")),
+    _r("creat", also=("wpath",)),  # creat() is open(O_CREAT|O_WRONLY|O_TRUNC)
+)
+# openat2 takes its flags in a struct the filter cannot read: fail it with ENOSYS so that
+# libc and Python fall back to openat, which the filter can check.
+_OPENAT2_ENOSYS = _r("openat2", action="enosys")
+
+_PATH_READ_CALLS = (
+    "stat", "lstat", "newfstatat", "statx", "access", "faccessat", "faccessat2",
+    "readlink", "readlinkat", "getdents", "getdents64", "chdir", "fchdir", "statfs",
+    "getxattr", "lgetxattr", "fgetxattr", "listxattr", "llistxattr", "flistxattr",
+    # No inotify_add_watch: Landlock does not check it, so it would reveal the names of
+    # files created and opened in any directory, unveiled or not.
+    "inotify_init", "inotify_init1", "inotify_rm_watch",
+)  # fmt: skip
+_CREATE_CALLS = (
+    "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename", "renameat", "renameat2",
+    "link", "linkat", "symlink", "symlinkat",
+)  # fmt: skip
+
+# Memory. W^X without prot_exec: nothing anonymous becomes executable; a file may be mapped
+# read+exec (the dynamic loader maps libraries so), never writable and executable at once.
+# That files written by the agent cannot be mapped executable is the job of noexec mounts.
+_W_X = S.PROT_WRITE | S.PROT_EXEC
+_MEMORY_STDIO = (
+    _r("mmap", _bits(2, S.PROT_EXEC, 0)),
+    _r("mmap", _bits(2, _W_X, S.PROT_EXEC), _bits(3, S.MAP_ANONYMOUS, 0)),
+    _r("mprotect", _bits(2, S.PROT_EXEC, 0)),
+    _r("pkey_mprotect", _bits(2, S.PROT_EXEC, 0)),
+)
+
+# Thread and process creation. Namespaces never (they are how unprivileged code reaches
+# kernel attack surface); CLONE_PARENT never (it would make the launcher the parent of an
+# agent's child). clone3 keeps its flags in a struct: ENOSYS makes glibc fall back to clone.
+_CLONE_NEVER = S.CLONE_NEW_ALL | S.CLONE_PARENT
+_THREAD_BITS = S.CLONE_THREAD | S.CLONE_VM | S.CLONE_SIGHAND
+_CLONE_THREAD = _r("clone", _bits(0, _THREAD_BITS | _CLONE_NEVER, _THREAD_BITS))
+_CLONE_FORK = _r("clone", _bits(0, S.CLONE_THREAD | _CLONE_NEVER, 0))
+_CLONE3_ENOSYS = _r("clone3", action="enosys")
+
+_STDIO_IOCTLS = (S.FIONREAD, S.FIONBIO, S.FIOCLEX, S.FIONCLEX, S.TCGETS, S.TIOCGWINSZ)
+_TTY_IOCTLS = (
+    S.TCSETS, S.TCSETSW, S.TCSETSF, S.TIOCSWINSZ, S.TIOCGPGRP, S.TIOCSPGRP, S.TCFLSH,
+    S.TCXONC, S.TCSBRK, S.TIOCOUTQ, S.TIOCGSID, S.TIOCGPTN, S.TIOCSPTLCK,
+)  # fmt: skip
+_STDIO_FCNTLS = (
+    S.F_DUPFD, S.F_DUPFD_CLOEXEC, S.F_GETFD, S.F_SETFD, S.F_GETFL, S.F_SETFL,
+    S.F_GETPIPE_SZ, S.F_SETPIPE_SZ, S.F_ADD_SEALS, S.F_GET_SEALS,
+)  # fmt: skip
+_LOCK_FCNTLS = (S.F_GETLK, S.F_SETLK, S.F_SETLKW, S.F_OFD_GETLK, S.F_OFD_SETLK, S.F_OFD_SETLKW)
+# prctl operations that only read or only narrow the caller's own state. PR_SET_VMA names
+# anonymous mappings (glibc does it).
+_STDIO_PRCTLS = (
+    S.PR_SET_PDEATHSIG, S.PR_GET_PDEATHSIG, S.PR_GET_DUMPABLE, S.PR_SET_NAME, S.PR_GET_NAME,
+    S.PR_GET_SECCOMP, S.PR_CAPBSET_READ, S.PR_SET_NO_NEW_PRIVS, S.PR_GET_NO_NEW_PRIVS,
+    S.PR_SET_VMA,
+)  # fmt: skip
+# arch_prctl: TLS set-up (every libc needs it) and queries; shadow stacks may be enabled and
+# locked, never disabled.
+_STDIO_ARCH_PRCTLS = (
+    S.ARCH_SET_FS, S.ARCH_GET_FS, S.ARCH_SET_GS, S.ARCH_GET_GS, S.ARCH_GET_CPUID,
+    S.ARCH_GET_XCOMP_SUPP, S.ARCH_GET_XCOMP_PERM, S.ARCH_REQ_XCOMP_PERM,
+    S.ARCH_SHSTK_ENABLE, S.ARCH_SHSTK_LOCK, S.ARCH_SHSTK_STATUS,
+)  # fmt: skip
+
+_STDIO_CALLS = (
+    # file descriptors
+    "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev",
+    "preadv2", "pwritev2", "lseek", "close", "close_range", "dup", "dup2", "dup3", "fstat",
+    "fstatfs", "ftruncate", "fsync", "fdatasync", "fallocate", "fadvise64", "readahead",
+    "sync_file_range", "sendfile", "splice", "tee", "copy_file_range",
+    "pipe", "pipe2", "poll", "ppoll", "select", "pselect6", "epoll_create", "epoll_create1",
+    "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "eventfd", "eventfd2",
+    "timerfd_create", "timerfd_settime", "timerfd_gettime", "signalfd", "signalfd4",
+    # memory (mmap/mprotect are in _MEMORY_STDIO)
+    "brk", "munmap", "mremap", "msync", "mincore", "madvise", "pkey_alloc", "pkey_free",
+    "membarrier",
+    # signals of the caller itself
+    "rt_sigaction", "rt_sigprocmask", "rt_sigpending", "rt_sigtimedwait", "rt_sigsuspend",
+    "sigaltstack", "pause",
+    # time
+    "nanosleep", "clock_nanosleep", "clock_gettime", "clock_getres", "gettimeofday", "time",
+    "getitimer", "setitimer", "alarm", "timer_create", "timer_settime", "timer_gettime",
+    "timer_getoverrun", "timer_delete",
+    # identity and limits of the caller (reading)
+    "getpid", "gettid", "getppid", "getuid", "geteuid", "getgid", "getegid", "getresuid",
+    "getresgid", "getgroups", "getpgrp", "getpgid", "getsid", "capget", "getrusage", "times",
+    "getrlimit", "umask", "uname", "getcpu", "getrandom", "sched_yield", "sched_getaffinity",
+    # glibc's qsort asks sysinfo for the memory size (sysconf(_SC_PHYS_PAGES)): every
+    # Python start-up does. OpenBSD's stdio likewise reads hw.physmem.
+    "sysinfo",
+    # threads of the caller (futex also serves single-threaded programs: libc locks)
+    "futex", "futex_waitv", "set_robust_list", "get_robust_list", "rseq", "set_tid_address",
+    # children it may already have (OpenBSD: wait4 is stdio)
+    "wait4", "waitid",
+    # sockets it already holds
+    "recvfrom", "recvmsg", "recvmmsg", "sendmsg", "sendmmsg", "shutdown", "getsockname",
+    "getpeername", "getsockopt",
+)  # fmt: skip
+
+_STDIO = (
+    *_calls(*_STDIO_CALLS),
+    *_MEMORY_STDIO,
+    *_each("ioctl", 1, _STDIO_IOCTLS),
+    *_each("fcntl", 1, _STDIO_FCNTLS),
+    *_each("prctl", 0, _STDIO_PRCTLS),
+    *_each("arch_prctl", 0, _STDIO_ARCH_PRCTLS),
+    # fstat() in glibc >= 2.33 is newfstatat(fd, "", buf, AT_EMPTY_PATH). A non-empty path
+    # with AT_EMPTY_PATH is resolved like any path: the filter cannot see the string, so
+    # stdio can stat paths this way. Metadata is not hidden by Landlock either (SPEC).
+    _r("newfstatat", _bits(3, S.AT_EMPTY_PATH, S.AT_EMPTY_PATH)),
+    _r("statx", _bits(2, S.AT_EMPTY_PATH, S.AT_EMPTY_PATH)),
+    # sendto on a connected socket; an address needs inet/unix (or dns, via the parent)
+    _r("sendto", _eq(4, 0)),
+    # OpenBSD's stdio allows socketpair(AF_UNIX): a channel to nothing but oneself
+    _r("socketpair", _eq(0, S.AF_UNIX)),
+    # signals to itself only; SELF_PID is the pid at lock (sound without 'proc': see rules.py)
+    _r("kill", _eq(0, SELF_PID)),
+    _r("tkill", _eq(0, SELF_PID)),
+    _r("tgkill", _eq(0, SELF_PID)),
+    _r("rt_sigqueueinfo", _eq(0, SELF_PID)),
+    _r("rt_tgsigqueueinfo", _eq(0, SELF_PID)),
+    # own limits, read only: prlimit64(0, resource, NULL, old)
+    _r("prlimit64", _eq(0, 0), _eq(2, 0)),
+    # personality: the query and the default only (no ADDR_NO_RANDOMIZE and friends)
+    _r("personality", _eq(0, 0xFFFFFFFF)),
+    _r("personality", _eq(0, 0)),
+)
+
+_INET_SOCKETS = tuple(
+    _r("socket", _eq(0, af), _bits(1, S.SOCK_TYPE_MASK, t))
+    for af in (S.AF_INET, S.AF_INET6)
+    for t in (S.SOCK_STREAM, S.SOCK_DGRAM)
+)
+_UNIX_SOCKETS = tuple(
+    _r("socket", _eq(0, S.AF_UNIX), _bits(1, S.SOCK_TYPE_MASK, t))
+    for t in (S.SOCK_STREAM, S.SOCK_DGRAM, S.SOCK_SEQPACKET)
+)
+# glibc's getaddrinfo(AI_ADDRCONFIG) asks rtnetlink which address families are configured;
+# when the socket fails it assumes both, so ENOSYS is harmless and keeps netlink closed.
+_NETLINK_ENOSYS = _r("socket", _eq(0, S.AF_NETLINK), action="enosys")
+_SOCKET_CALLS = ("bind", "connect", "listen", "accept", "accept4", "sendto")
+
+# glibc asks nscd (a unix socket) before reading files for names and users; when the socket
+# cannot be created it reads the files. ENOSYS keeps unix sockets closed without a violation.
+_NSCD_ENOSYS = _r(
+    "socket", _eq(0, S.AF_UNIX), _bits(1, S.SOCK_TYPE_MASK, S.SOCK_STREAM), action="enosys"
+)
+
+_DNS = (
+    _NSCD_ENOSYS,
+    *(
+        _r("socket", _eq(0, af), _bits(1, S.SOCK_TYPE_MASK, t))
+        for af in (S.AF_INET, S.AF_INET6)
+        for t in (S.SOCK_DGRAM, S.SOCK_STREAM)  # TCP: the resolver's fallback for large answers
+    ),
+    _NETLINK_ENOSYS,
+    # The parent checks that the address is a nameserver on port 53 and performs the call
+    # itself on a duplicate of the socket. Superseded by the plain allow rows of 'inet'.
+    _r("connect", action="notify", handler="dns"),
+    _r("sendto", Arg(4, "ne", 0), action="notify", handler="dns"),
+    _r("setsockopt", _eq(1, S.SOL_SOCKET)),
+    # glibc's resolver asks for IP_RECVERR / IPV6_RECVERR on its UDP socket.
+    _r("setsockopt", _eq(1, S.IPPROTO_IP)),
+    _r("setsockopt", _eq(1, S.IPPROTO_IPV6)),
+)
+
+
+def _promise(name: str, summary: str, *rules: Rule) -> tuple[str, Promise]:
+    return name, Promise(name, summary, tuple(rules))
+
+
+PROMISES: Mapping[str, Promise] = MappingProxyType(
+    dict(
+        [
+            _promise(
+                "stdio",
+                "basic I/O on open descriptors, memory (W^X), time, own signals, threads' "
+                "futexes, pipes, polling, already-connected sockets",
+                *_STDIO,
+            ),
+            _promise(
+                "rpath",
+                "open files read-only; stat, list and read links of paths",
+                *_RPATH_OPENS,
+                _OPENAT2_ENOSYS,
+                *_calls(*_PATH_READ_CALLS, "getcwd"),
+            ),
+            _promise(
+                "wpath",
+                "open existing files for writing (O_TRUNC included); truncate paths",
+                *_WPATH_OPENS,
+                _OPENAT2_ENOSYS,
+                *_calls("truncate", "getcwd"),
+            ),
+            _promise(
+                "cpath",
+                "create and remove files and directories, rename, link, symlink",
+                *_CPATH_OPENS,
+                _OPENAT2_ENOSYS,
+                *_calls(*_CREATE_CALLS, "getcwd"),
+            ),
+            _promise(
+                "dpath",
+                "create FIFOs (mknod of S_IFIFO; devices never: CAP_MKNOD is dropped)",
+                _r("mknod", _bits(1, S.S_IFMT, S.S_IFIFO)),
+                _r("mknodat", _bits(2, S.S_IFMT, S.S_IFIFO)),
+            ),
+            _promise(
+                "tmppath",
+                "create, write, read and remove files; Linux cannot check the path in the "
+                "filter, so this is cpath+wpath+rpath's calls, and the launcher unveils "
+                "/tmp rwc (Landlock decides where)",
+                _OPENAT2_ENOSYS,
+                *_calls(
+                    "open",
+                    "openat",
+                    "creat",
+                    "truncate",
+                    "getcwd",
+                    *_CREATE_CALLS,
+                    *_PATH_READ_CALLS,
+                ),
+            ),
+            _promise(
+                "flock",
+                "file locks: flock, fcntl F_GETLK/F_SETLK/F_SETLKW and the OFD variants",
+                _r("flock"),
+                *_each("fcntl", 1, _LOCK_FCNTLS),
+            ),
+            # Landlock has no right for modes, times, owners or xattrs, so a path-based call
+            # would reach any file the agent's uid owns, unveiled or not (a root agent owns
+            # /bin/bash). Only the descriptor forms are allowed: the descriptor came from an
+            # open() that Landlock checked (O_PATH descriptors are refused by these calls).
+            # utimensat(fd, NULL, ...) is futimens(); AT_EMPTY_PATH forms would accept O_PATH.
+            _promise(
+                "fattr",
+                "change modes, times and extended attributes of open files (fchmod, futimens, "
+                "fsetxattr): path-based forms are refused, Landlock cannot check them",
+                *_calls("fchmod", "fsetxattr", "fremovexattr"),
+                _r("utimensat", _eq(1, 0)),
+            ),
+            _promise(
+                "chown",
+                "change owners of open files (fchown; needs CAP_CHOWN for others' ids, which is "
+                "dropped): path-based forms are refused, Landlock cannot check them",
+                *_calls("fchown"),
+            ),
+            _promise(
+                "inet",
+                "IPv4/IPv6 TCP and UDP sockets: socket, connect, bind, listen, accept, sendto "
+                "with an address; TCP ports are further limited by Landlock (network:)",
+                *_INET_SOCKETS,
+                _NETLINK_ENOSYS,
+                *_calls(*_SOCKET_CALLS),
+                *_each(
+                    "setsockopt",
+                    1,
+                    (S.SOL_SOCKET, S.IPPROTO_IP, S.IPPROTO_TCP, S.IPPROTO_UDP, S.IPPROTO_IPV6),
+                ),
+            ),
+            _promise(
+                "unix",
+                "AF_UNIX sockets: socket, connect, bind, listen, accept, sendto with an address",
+                *_UNIX_SOCKETS,
+                *_calls(*_SOCKET_CALLS),
+                _r("setsockopt", _eq(1, S.SOL_SOCKET)),
+            ),
+            _promise(
+                "dns",
+                "name resolution: UDP/TCP sockets whose connect and sendto-with-address the "
+                "parent performs after checking the nameserver (port 53); reads resolv.conf",
+                *_DNS,
+            ),
+            _promise(
+                "sendfd",
+                "send descriptors (SCM_RIGHTS): seccomp cannot read the control message, so "
+                "this is sendmsg/sendmmsg, which stdio already allows",
+                *_calls("sendmsg", "sendmmsg"),
+            ),
+            _promise(
+                "recvfd",
+                "receive descriptors (SCM_RIGHTS): recvmsg/recvmmsg, which stdio already "
+                "allows; seccomp cannot tell descriptors from data",
+                *_calls("recvmsg", "recvmmsg"),
+            ),
+            _promise(
+                "proc",
+                "fork and manage processes: fork, vfork, clone without namespaces, process "
+                "groups and sessions, priorities, signals to any process (Landlock scopes "
+                "keep signals inside the sandbox)",
+                *_calls(
+                    "fork",
+                    "vfork",
+                    "setpgid",
+                    "setsid",
+                    "getpriority",
+                    "setpriority",
+                    "sched_setaffinity",
+                    "sched_setscheduler",
+                    "sched_setparam",
+                    "sched_getscheduler",
+                    "sched_getparam",
+                    "sched_get_priority_max",
+                    "sched_get_priority_min",
+                    "sched_rr_get_interval",
+                    "kill",
+                    "tkill",
+                    "tgkill",
+                    "rt_sigqueueinfo",
+                    "rt_tgsigqueueinfo",
+                    "pidfd_open",
+                    "pidfd_send_signal",
+                    "prlimit64",
+                ),
+                _CLONE_FORK,
+                _CLONE3_ENOSYS,
+            ),
+            _promise(
+                "thread",
+                "create threads: clone with CLONE_THREAD|CLONE_VM|CLONE_SIGHAND, no namespaces",
+                _CLONE_THREAD,
+                _CLONE3_ENOSYS,
+            ),
+            _promise(
+                "exec",
+                "execute programs (which ones: unveil x); they run under execpromises",
+                *_calls("execve", "execveat"),
+            ),
+            _promise(
+                "prot_exec",
+                "executable memory: anonymous PROT_EXEC mappings and mprotect to PROT_EXEC, "
+                "never writable and executable at once; memfd_create with MFD_NOEXEC_SEAL",
+                _r("mmap", _bits(2, _W_X, S.PROT_EXEC)),
+                _r("mprotect", _bits(2, _W_X, S.PROT_EXEC)),
+                _r("pkey_mprotect", _bits(2, _W_X, S.PROT_EXEC)),
+                # A memfd can be written and then mapped PROT_EXEC (the seal only stops
+                # execve of it), so memfd_create belongs here, not in stdio.
+                _r("memfd_create", _bits(1, S.MFD_NOEXEC_SEAL | S.MFD_EXEC, S.MFD_NOEXEC_SEAL)),
+            ),
+            _promise(
+                "id",
+                "change user and group ids (needs capabilities, which are dropped)",
+                *_calls(
+                    "setuid",
+                    "setgid",
+                    "setgroups",
+                    "setreuid",
+                    "setregid",
+                    "setresuid",
+                    "setresgid",
+                    "setfsuid",
+                    "setfsgid",
+                    "capset",
+                ),
+            ),
+            _promise(
+                "tty",
+                "terminal control ioctls (TCSETS*, window size, process groups); never "
+                "TIOCSTI or TIOCLINUX",
+                *_each("ioctl", 1, _TTY_IOCTLS),
+            ),
+            _promise(
+                "getpw",
+                "read the user and group databases (a path matter: the launcher unveils "
+                "/etc/passwd, /etc/group, /etc/nsswitch.conf read-only; nscd's socket "
+                "fails with ENOSYS so glibc reads the files)",
+                _NSCD_ENOSYS,
+            ),
+            _promise(
+                "settime",
+                "set the clock (needs CAP_SYS_TIME, which is dropped)",
+                *_calls("settimeofday", "clock_settime", "adjtimex", "clock_adjtime"),
+            ),
+            _promise(
+                "vminfo",
+                "system memory and CPU information: sysinfo (also in stdio: glibc needs it); "
+                "the launcher unveils /proc/meminfo and CPU lists read-only",
+                _r("sysinfo"),
+            ),
+            _promise(
+                "ps",
+                "other processes' scheduling information; /proc is unveiled read-only (Landlock "
+                "still stops ptrace-like access to processes outside the sandbox)",
+                *_calls(
+                    "getpriority",
+                    "sched_getscheduler",
+                    "sched_getparam",
+                    "sched_rr_get_interval",
+                    "sysinfo",
+                ),
+            ),
+            # Extra: OpenBSD's unveil(2) needs the 'unveil' promise after pledge. Landlock
+            # calls only narrow the caller's view, but asking for it keeps policies explicit.
+            _promise(
+                "unveil",
+                "narrow the filesystem view further (Landlock: create_ruleset, add_rule, "
+                "restrict_self)",
+                *_calls("landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self"),
+            ),
+        ]
+    )
+)
+
+PROMISE_NAMES: frozenset[str] = frozenset(PROMISES)
+
+# Allowed whatever is promised: ending, signal return, the channel to the parent, and
+# seccomp() itself, which can only add filters (narrow), like OpenBSD's pledge(2).
+ALWAYS: tuple[Rule, ...] = (
+    *_calls("exit", "exit_group", "rt_sigreturn", "restart_syscall", "seccomp"),
+    *(_r(n, _eq(0, BROKER_FD)) for n in ("read", "write", "recvmsg", "sendmsg", "close")),
+)
+
+NEVER: Mapping[str, str] = MappingProxyType(
+    {
+        "io_uring_setup": "io_uring bypasses seccomp (its operations are not system calls)",
+        "io_uring_enter": "io_uring bypasses seccomp (its operations are not system calls)",
+        "io_uring_register": "io_uring bypasses seccomp (its operations are not system calls)",
+        "bpf": "loads programs into the kernel",
+        "ptrace": "controls other processes",
+        "process_vm_readv": "reads other processes' memory",
+        "process_vm_writev": "writes other processes' memory",
+        "pidfd_getfd": "steals descriptors from other processes",
+        "kcmp": "inspects other processes' kernel objects",
+        "process_madvise": "acts on other processes' memory",
+        "process_mrelease": "acts on other processes' memory",
+        "kexec_load": "replaces the kernel",
+        "kexec_file_load": "replaces the kernel",
+        "init_module": "loads kernel modules",
+        "finit_module": "loads kernel modules",
+        "delete_module": "unloads kernel modules",
+        "mount": "changes the mount table",
+        "umount2": "changes the mount table",
+        "pivot_root": "changes the root",
+        "chroot": "changes the root",
+        "move_mount": "changes the mount table",
+        "open_tree": "changes the mount table",
+        "fsopen": "changes the mount table",
+        "fsconfig": "changes the mount table",
+        "fsmount": "changes the mount table",
+        "fspick": "changes the mount table",
+        "mount_setattr": "changes the mount table",
+        "keyctl": "kernel keyrings are shared beyond the sandbox",
+        "add_key": "kernel keyrings are shared beyond the sandbox",
+        "request_key": "kernel keyrings are shared beyond the sandbox",
+        "userfaultfd": "a tool for kernel race exploits",
+        "perf_event_open": "kernel attack surface and side channels",
+        "fanotify_init": "watches filesystems beyond the sandbox",
+        "swapon": "system administration",
+        "swapoff": "system administration",
+        "reboot": "system administration",
+        "acct": "system administration",
+        "quotactl": "system administration",
+        "quotactl_fd": "system administration",
+        "lookup_dcookie": "system administration",
+        "syslog": "reads the kernel log",
+        "sethostname": "system administration",
+        "setdomainname": "system administration",
+        "iopl": "direct hardware access",
+        "ioperm": "direct hardware access",
+        "unshare": "namespaces are kernel attack surface",
+        "setns": "namespaces are kernel attack surface",
+        "vm86": "not on x86-64",
+        "uselib": "obsolete loader call",
+        "nfsservctl": "obsolete",
+        "open_by_handle_at": "opens files by handle, around path checks (Landlock)",
+        "name_to_handle_at": "pairs with open_by_handle_at",
+        "memfd_secret": "memory hidden from the kernel's own inspection",
+        "modify_ldt": "16-bit segments: kernel attack surface, no use on x86-64",
+    }
+)
+
+# Argument combinations that no promise ever allows; the compiler gives them the never
+# action, so the kernel ends the process (or the parent records it as 'never allowed').
+# The mask ignores the upper 32 bits, which the kernel drops for these int arguments.
+NEVER_ARGS: tuple[tuple[Rule, str], ...] = (
+    (_r("ioctl", _bits(1, 0xFFFFFFFF, S.TIOCSTI)), "TIOCSTI types into the terminal"),
+    (_r("ioctl", _bits(1, 0xFFFFFFFF, S.TIOCLINUX)), "TIOCLINUX can type into the console"),
+)
+
+# Paths a promise needs on Linux, added read-only (or as given) by the launcher. Missing
+# files are skipped (not every system has /etc/gai.conf).
+IMPLIED_UNVEILS: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType(
+    {
+        "getpw": (("/etc/passwd", "r"), ("/etc/group", "r"), ("/etc/nsswitch.conf", "r")),
+        "dns": (
+            ("/etc/resolv.conf", "r"),
+            ("/etc/hosts", "r"),
+            ("/etc/nsswitch.conf", "r"),
+            ("/etc/gai.conf", "r"),
+            ("/etc/host.conf", "r"),
+        ),
+        "tmppath": (("/tmp", "rwc"),),
+        "tty": (("/dev/tty", "rw"),),
+        "vminfo": (
+            ("/proc/meminfo", "r"),
+            ("/proc/stat", "r"),
+            ("/proc/cpuinfo", "r"),
+            ("/proc/loadavg", "r"),
+            ("/proc/uptime", "r"),
+            ("/sys/devices/system/cpu", "r"),
+        ),
+        "ps": (("/proc", "r"),),
+    }
+)
+
+
+# --- reading the table -----------------------------------------------------------------------
+
+
+def _canonical(promises: Iterable[str]) -> list[str]:
+    order = list(PROMISES)
+    return sorted(set(promises), key=order.index)
+
+
+def rules_for(promises: Iterable[str]) -> list[Rule]:
+    """ALWAYS plus every rule of a pledged promise whose `also` promises are pledged too.
+
+    Unknown promise names are an error (a typo must not silently pledge less or more).
+    Duplicates are dropped, order is kept.
+    """
+    pledged = set(promises)
+    unknown = pledged - PROMISE_NAMES
+    if unknown:
+        raise ValueError(f"unknown promise(s): {', '.join(sorted(unknown))}")
+    out: dict[Rule, None] = dict.fromkeys(ALWAYS)
+    for name in _canonical(pledged):
+        for rule in PROMISES[name].rules:
+            if rule.also <= pledged:
+                out.setdefault(rule, None)
+    # A fallback (enosys) row is superseded by another promise's allow row of the same shape
+    # (e.g. dns's nscd row when 'unix' is pledged too).
+    allowed = {(r.syscall, r.args) for r in out if r.action == "allow"}
+    return [r for r in out if r.action == "allow" or (r.syscall, r.args) not in allowed]
+
+
+# Promises named in a violation message only when nothing narrower allows the call.
+_LAST_RESORT = frozenset({"tmppath"})
+
+
+def promise_for(
+    syscall: str, args: Sequence[int], *, self_pid: int | None = None, have: Iterable[str] = ()
+) -> str | None:
+    """The promises missing for this call, space-separated in table order ("wpath",
+    "cpath wpath"): the fewest beyond `have` (what the caller holds), the narrow ones before
+    tmppath. None if no promise ever allows the call.
+
+    Without `self_pid`, conditions on the caller's own pid do not match (kill(self) then
+    reports 'proc', which is sufficient though not necessary).
+    """
+    if syscall in NEVER or any(rule_matches(r, syscall, args) for r, _ in NEVER_ARGS):
+        return None
+    held = frozenset(have)
+    best: list[str] | None = None
+    best_key: tuple[bool, int, int] | None = None
+    for name, promise in PROMISES.items():
+        for rule in promise.rules:
+            if rule.action == "allow" and rule_matches(rule, syscall, args, self_pid):
+                need = {name, *rule.also}
+                missing = need - held
+                key = (bool(need & _LAST_RESORT), len(missing), len(need))
+                if best_key is None or key < best_key:
+                    best, best_key = _canonical(missing or need), key
+    if best is None:  # not allowed, but maybe handled (notify) or failed (enosys) somewhere
+        for name, promise in PROMISES.items():
+            for rule in promise.rules:
+                if rule_matches(rule, syscall, args, self_pid):
+                    return " ".join(_canonical({name, *rule.also}))
+        return None
+    return " ".join(best)
+
+
+# --- describing the table ----------------------------------------------------------------------
+
+
+def _arg_name(syscall: str, index: int) -> str:
+    names = _ARG_NAMES.get(syscall)
+    return names[index] if names and index < len(names) else f"arg{index}"
+
+
+_ARG_NAMES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "open": ("path", "flags", "mode"),
+        "openat": ("dirfd", "path", "flags", "mode"),
+        "mmap": ("addr", "length", "prot", "flags", "fd", "offset"),
+        "mprotect": ("addr", "length", "prot"),
+        "pkey_mprotect": ("addr", "length", "prot", "pkey"),
+        "memfd_create": ("name", "flags"),
+        "clone": ("flags",),
+        "socket": ("domain", "type", "protocol"),
+        "socketpair": ("domain", "type", "protocol"),
+        "setsockopt": ("fd", "level", "optname"),
+        "ioctl": ("fd", "request"),
+        "fcntl": ("fd", "cmd"),
+        "prctl": ("option",),
+        "arch_prctl": ("code",),
+        "kill": ("pid", "sig"),
+        "tkill": ("tid", "sig"),
+        "tgkill": ("tgid", "tid", "sig"),
+        "rt_sigqueueinfo": ("tgid",),
+        "rt_tgsigqueueinfo": ("tgid",),
+        "prlimit64": ("pid", "resource", "new_limit", "old_limit"),
+        "personality": ("persona",),
+        "newfstatat": ("dirfd", "path", "statbuf", "flags"),
+        "statx": ("dirfd", "path", "flags"),
+        "sendto": ("fd", "buf", "len", "flags", "dest_addr", "addrlen"),
+        "mknod": ("path", "mode"),
+        "mknodat": ("dirfd", "path", "mode"),
+        "read": ("fd",),
+        "write": ("fd",),
+        "recvmsg": ("fd",),
+        "sendmsg": ("fd",),
+        "close": ("fd",),
+    }
+)
+
+# How to name values in conditions: (syscall, index) -> formatter kind of sandbox.syscalls.
+_VALUE_KINDS: Mapping[tuple[str, int], str] = MappingProxyType(
+    {
+        ("open", 1): "openflags",
+        ("openat", 2): "openflags",
+        ("mmap", 2): "prot",
+        ("mmap", 3): "map",
+        ("mprotect", 2): "prot",
+        ("pkey_mprotect", 2): "prot",
+        ("memfd_create", 1): "mfd",
+        ("clone", 0): "clone",
+        ("socket", 0): "af",
+        ("socketpair", 0): "af",
+        ("socket", 1): "socktype",
+        ("setsockopt", 1): "sol",
+        ("ioctl", 1): "ioctl",
+        ("fcntl", 1): "fcntl",
+        ("prctl", 0): "prctl",
+        ("arch_prctl", 0): "arch_prctl",
+        ("newfstatat", 3): "at",
+        ("statx", 2): "at",
+        ("mknod", 1): "fmode",
+        ("mknodat", 2): "fmode",
+    }
+)
+
+
+def _fmt_value(syscall: str, index: int, value: int, *, mask: bool = False) -> str:
+    if value == SELF_PID:
+        return "the caller's pid"
+    kind = _VALUE_KINDS.get((syscall, index))
+    if kind is None:
+        return hex(value) if value > 9 else str(value)
+    if kind == "openflags" and mask:
+        # a mask is a set of bits: O_ACCMODE names the access bits
+        parts = ["O_ACCMODE"] if value & S.O_ACCMODE else []
+        if value & ~S.O_ACCMODE:
+            parts.append(S.format_flags("open", value & ~S.O_ACCMODE))
+        return "|".join(parts)
+    if kind == "fmode" and value & 0o7777 == 0:
+        return "S_IFMT" if mask else S.format_value(kind, value).split("|")[0]
+    if mask and kind == "socktype" and value == S.SOCK_TYPE_MASK:
+        return "SOCK_TYPE_MASK"
+    return S.format_value(kind, value)
+
+
+def describe_rule(rule: Rule) -> str:
+    """`syscall: condition AND condition` in words, e.g. for `sandbox promises`."""
+    conds = []
+    for a in rule.args:
+        name = _arg_name(rule.syscall, a.index)
+        if a.op == "masked_eq":
+            mask = _fmt_value(rule.syscall, a.index, a.mask, mask=True)
+            if a.mask & 0xFFFFFFFF == 0xFFFFFFFF and a.mask >> 32 == 0:
+                value = _fmt_value(rule.syscall, a.index, a.value)
+                conds.append(f"{name} (low 32 bits) == {value}")
+            elif a.value == 0:
+                conds.append(f"{name} & ({mask}) == 0")
+            else:
+                value = _fmt_value(rule.syscall, a.index, a.value)
+                conds.append(f"{name} & ({mask}) == {value}")
+        else:
+            op = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[a.op]
+            conds.append(f"{name} {op} {_fmt_value(rule.syscall, a.index, a.value)}")
+    text = rule.syscall + (": " + " and ".join(conds) if conds else "")
+    if rule.also:
+        text += f" [with {' '.join(_canonical(rule.also))}]"
+    if rule.action == "enosys":
+        text += " -> ENOSYS (libc falls back)"
+    elif rule.action == "notify":
+        text += f" -> decided by the parent ({rule.handler})"
+    return text
+
+
+def describe() -> list[dict[str, object]]:
+    """Every promise with its calls and conditions, then the calls never allowed."""
+    out: list[dict[str, object]] = []
+    for p in PROMISES.values():
+        out.append(
+            {
+                "promise": p.name,
+                "summary": p.summary,
+                "syscalls": [describe_rule(r) for r in p.rules],
+                "unveils": [f"{path}:{perms}" for path, perms in IMPLIED_UNVEILS.get(p.name, ())],
+            }
+        )
+    out.append(
+        {
+            "promise": "(always)",
+            "summary": "allowed whatever is promised",
+            "syscalls": [describe_rule(r) for r in ALWAYS],
+            "unveils": [],
+        }
+    )
+    never = [f"{name}: {why}" for name, why in NEVER.items()]
+    never += [f"{describe_rule(r)}: {why}" for r, why in NEVER_ARGS]
+    never.append("any call of a foreign architecture (i386 int 0x80, x32): the process is killed")
+    out.append({"promise": "(never)", "summary": "never allowed", "syscalls": never, "unveils": []})
+    return out
+
+
+def format_table(width: int = 100) -> str:
+    """Plain text: per promise, its summary, the calls allowed outright (wrapped), then one
+    line per call with conditions."""
+    import textwrap  # lazily: the launcher imports this module on every start
+
+    lines: list[str] = []
+    for entry in describe():
+        lines.append(f"{entry['promise']}: {entry['summary']}")
+        items = [str(s) for s in entry["syscalls"]]  # type: ignore[attr-defined]
+        plain = [s for s in items if s.isidentifier()]
+        lines += textwrap.wrap(
+            " ".join(plain), width, initial_indent="    ", subsequent_indent="    "
+        )
+        lines += [f"    {s}" for s in items if not s.isidentifier()]
+        unveils = [str(u) for u in entry["unveils"]]  # type: ignore[attr-defined]
+        if unveils:
+            lines.append(f"    unveils (added by the launcher): {' '.join(unveils)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def format_json() -> str:
+    import json
+
+    return json.dumps(describe(), indent=2)

@@ -1,0 +1,213 @@
+"""The parent's answers to seccomp notifications: violations, exec, execpromises, dns.
+
+The agent's filter sends to the parent (SECCOMP_RET_USER_NOTIF) every call its pledge does
+not allow, every exec, and the calls that need a decision the filter cannot make. The
+parent never answers "continue" to a call whose arguments it had to inspect in the agent's
+memory (that would race with the agent's other threads, see seccomp_unotify(2)); it either
+performs such a call itself (dns) or decides on facts the agent cannot change (the pid).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sandbox import procfs
+from sandbox.enforce import seccomp
+from sandbox.enforce.plan import EXEC_SYSCALLS, Plan
+from sandbox.enforce.promises import NEVER, promise_for
+from sandbox.enforce.rules import match
+from sandbox.enforce.syscalls import decode_args
+from sandbox.parent.audit import AuditError, AuditLog
+
+if TYPE_CHECKING:
+    from sandbox.parent.dnsproxy import DnsEmulator
+
+
+def _status_field(pid: int, key: str) -> int | None:
+    return procfs.status_int(f"/proc/{pid}/status", key)
+
+
+def _own_ns_tgid(pid: int) -> int | None:
+    """The process id of thread `pid` as that process itself sees it (innermost NStgid)."""
+    return procfs.status_int(f"/proc/{pid}/status", "NStgid", last=True)
+
+
+@dataclass
+class Supervisor:
+    plan: Plan
+    audit: AuditLog
+    agent_pid: int
+    kill_tree: Callable[[], None]
+    listener: int = -1
+    exec_done: bool = False  # the launcher's own exec of the command has happened
+    killed_for_violation: bool = False
+    execd: set[int] = field(default_factory=set)  # tgids that exec'd (execpromises apply)
+    dns: DnsEmulator | None = None
+    # What a SIGSYS from the kernel itself (no notification) most likely was, for the message.
+    kernel_kill_hint: str = "a system call of a foreign architecture or ABI (x32, int 0x80)"
+
+    def __post_init__(self) -> None:
+        if "dns" in self.plan.policy.pledge:
+            from sandbox.parent.dnsproxy import DnsEmulator  # only agents with 'dns' need it
+
+            # With the relay the agent's resolv.conf names 127.0.0.1 in its own namespace.
+            self.dns = DnsEmulator(frozenset({"127.0.0.1"}) if self.plan.dns_relay else None)
+
+    @property
+    def name(self) -> str:
+        return self.plan.policy.name
+
+    def on_listener_readable(self) -> bool:
+        """Handle one notification; False when the listener is gone (every user exited)."""
+        try:
+            n = seccomp.recv_notification(self.listener)
+        except OSError as e:
+            # ENOENT/EINTR/EAGAIN: the caller died or was interrupted before we read it.
+            return e.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN)
+        if n is not None:
+            self.decide(n)
+            return True
+        # Nothing to read: the target died or was interrupted, or every process using the
+        # filter is gone, which the listener reports as a hang-up forever after.
+        poller = select.poll()
+        poller.register(self.listener, select.POLLIN)
+        return not any(ev & select.POLLHUP for _, ev in poller.poll(0))
+
+    def decide(self, n: seccomp.Notification) -> None:
+        name = seccomp.syscall_name(n.nr)
+        args = list(n.args)
+        if not self.exec_done and n.pid == self.agent_pid:
+            # Between the lock and the exec only the launcher's own code runs in the child.
+            if name in EXEC_SYSCALLS:
+                self.exec_done = True
+                if not self._lock_record(n.pid):
+                    # Write-ahead: the program does not start without its lock record.
+                    print(f"sandbox: audit log failed; {self.name} not started", file=sys.stderr)
+                    self.killed_for_violation = True
+                    self.kill_tree()
+                    return
+            seccomp.respond(self.listener, n.id, continue_=True)
+            return
+        if name in EXEC_SYSCALLS:
+            if "exec" in self.plan.policy.pledge:
+                if self.plan.policy.execpromises is not None:
+                    tgid = _status_field(n.pid, "Tgid") or n.pid
+                    self.execd.add(tgid)  # before the exec runs: fail closed if it fails
+                seccomp.respond(self.listener, n.id, continue_=True)
+                return
+            self.violation(n, name, args, "exec")
+            return
+        rule = match(self.plan.rules, name, args)
+        handler = rule.handler if rule is not None and rule.action == "notify" else None
+        if handler == "execpromises":
+            if self._under_execpromises(n.pid):
+                exe = self.plan.policy.execpromises or frozenset()
+                self.violation(
+                    n, name, args, promise_for(name, args, have=exe), note="not in execpromises"
+                )
+            else:
+                seccomp.respond(self.listener, n.id, continue_=True)
+            return
+        if handler == "self_signal":
+            # kill/tkill/tgkill/rt_(tg)sigqueueinfo: the first argument names the target.
+            # The caller names itself by its pid in its own (innermost) namespace.
+            target = args[0] & 0xFFFFFFFF
+            if target == _own_ns_tgid(n.pid):
+                seccomp.respond(self.listener, n.id, continue_=True)
+            else:
+                self.violation(n, name, args, promise_for(name, args, have=self.plan.policy.pledge))
+            return
+        if handler == "dns" and self.dns is not None:
+            self._emulate_dns(n, name, args)
+            return
+        if name in NEVER:
+            self.violation(n, name, args, None)
+            return
+        self.violation(n, name, args, promise_for(name, args, have=self.plan.policy.pledge))
+
+    def _lock_record(self, pid: int) -> bool:
+        pol = self.plan.policy
+        try:
+            self.audit.record(
+                "lock",
+                pid=pid,
+                pledge=pol.promise_string(),
+                unveil={u.path: "".join(sorted(u.perms)) for u in self.plan.unveils},
+            )
+        except AuditError:
+            return False
+        return True
+
+    def _under_execpromises(self, tid: int) -> bool:
+        """Has this process, or an ancestor below the agent, exec'd since the lock?
+
+        Unknown lineage (a process reparented away, /proc unreadable) counts as exec'd:
+        the stricter answer.
+        """
+        pid = _status_field(tid, "Tgid") or tid
+        for _ in range(4096):
+            if pid in self.execd:
+                return True
+            if pid == self.agent_pid:
+                return False
+            parent = _status_field(pid, "PPid")
+            if not parent or parent == os.getpid() or parent == 1:
+                return True
+            pid = parent
+        return True
+
+    def _emulate_dns(self, n: seccomp.Notification, name: str, args: list[int]) -> None:
+        assert self.dns is not None
+        result = self.dns.perform(n.pid, name, args)
+        if result.allowed:
+            if not seccomp.id_valid(self.listener, n.id):
+                return
+            seccomp.respond(self.listener, n.id, val=result.value, error=result.error)
+            return
+        self.violation(n, name, args, "inet", note=result.reason)
+
+    def violation(
+        self,
+        n: seccomp.Notification,
+        name: str,
+        args: list[int],
+        promise: str | None,
+        note: str | None = None,
+    ) -> None:
+        pol = self.plan.policy
+        never = promise is None
+        action = "kill" if never else pol.violation
+        call = decode_args(name, args, pid=n.pid)  # "name(a, b, ...)"
+        fields = {
+            "pid": n.pid,
+            "syscall": name,
+            "args": call[len(name) + 1 : -1] if call.startswith(name + "(") else call,
+            "promise": promise,
+            "action": action,
+        }
+        if note:
+            fields["note"] = note
+        try:
+            self.audit.record("violation", **fields)
+        except AuditError as e:
+            # Write-ahead: an unrecorded refusal must not let anything through.
+            print(f"sandbox: audit log failed ({e}); ending {pol.name}", file=sys.stderr)
+            action = "kill"
+        if action == "kill":
+            what = "is never allowed" if never else f"needs '{promise}'"
+            if note:
+                what += f" ({note})"
+            print(f"sandbox: {pol.name}[{n.pid}]: pledge violation: {call} {what}", file=sys.stderr)
+            self.killed_for_violation = True
+            self.kill_tree()
+            return
+        if action == "errno":
+            seccomp.respond(self.listener, n.id, error=errno.EPERM)
+        else:  # log: learning mode, the call goes through (recorded above)
+            seccomp.respond(self.listener, n.id, continue_=True)

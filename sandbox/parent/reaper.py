@@ -1,0 +1,162 @@
+"""The agent's init: a small reaper between the launcher and the agent, in a new pid namespace.
+
+Why: a process the agent forks could otherwise outlive a launcher killed with SIGKILL (it
+would be re-parented to the host's init, unsupervised). In a pid namespace, the reaper is
+pid 1; it dies with the launcher (parent-death signal), and when a namespace's init dies
+the kernel kills every process in it. The reaper is launcher code, never sandboxed, and
+does nothing but wait: the agent cannot signal it (Landlock scope; and an init ignores
+default-action signals from inside its namespace).
+
+    launcher ── fork ──► reaper (pid 1 in the new namespace) ── fork ──► agent (pid 2)
+
+The reaper reports the agent's wait status through a pipe only it holds, so the agent
+cannot forge it. Without root there is no new pid namespace; the reaper still reports the
+status, and the launcher's cgroup (when it has one) finds the stragglers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import signal
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NoReturn
+
+from sandbox.enforce import hygiene
+from sandbox.errors import SetupError
+from sandbox.libc import libc as _libc
+
+CLONE_NEWPID = 0x20000000
+_STATUS = struct.Struct("=i")
+
+
+@dataclass
+class Reaper:
+    pid: int  # the reaper, as the launcher sees it
+    status_fd: int  # readable once the agent has exited (or the reaper died: EOF)
+    go_fd: int  # the launcher writes here to let the reaper fork the agent
+    pidns: bool
+    agent_pid: int = 0  # the agent, as the launcher sees it
+
+    def release(self, timeout: float = 30.0) -> int:
+        """Let the reaper fork the agent; return the agent's pid (in our namespace)."""
+        os.write(self.go_fd, b"g")
+        os.close(self.go_fd)
+        self.go_fd = -1
+        ready, _, _ = select.select([self.status_fd], [], [], timeout)
+        if not ready or os.read(self.status_fd, 1) != b"F":
+            raise SetupError("the agent's reaper did not start the agent")
+        with open(f"/proc/{self.pid}/task/{self.pid}/children", encoding="ascii") as f:
+            children = f.read().split()
+        if len(children) != 1:
+            raise SetupError(f"the agent's reaper has {len(children)} children, expected 1")
+        self.agent_pid = int(children[0])
+        return self.agent_pid
+
+    def agent_status(self) -> int:
+        """The agent's wait status once status_fd is readable; SIGKILL if the reaper died."""
+        data = b""
+        with contextlib.suppress(OSError):
+            data = os.read(self.status_fd, _STATUS.size)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        if len(data) == _STATUS.size:
+            return int(_STATUS.unpack(data)[0])
+        return signal.SIGKILL  # a wait status: terminated by SIGKILL
+
+    def kill(self) -> None:
+        """End the reaper; with a pid namespace the kernel then ends everything in it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        if self.agent_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.agent_pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        for fd in (self.status_fd, self.go_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.status_fd = self.go_fd = -1
+
+
+def start(agent_main: Callable[[int], NoReturn], *, pidns: bool) -> Reaper:
+    """Fork the reaper (in a new pid namespace if `pidns`); it waits for release()."""
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    launcher = os.getpid()
+    own_ns = -1
+    if pidns:
+        # unshare(CLONE_NEWPID) moves the caller's *next* child into a new namespace; setns
+        # afterwards puts the launcher's later children back into its own.
+        own_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        if _libc.unshare(CLONE_NEWPID) != 0:
+            err = ctypes.get_errno()
+            os.close(own_ns)
+            raise SetupError(f"unshare(CLONE_NEWPID): {os.strerror(err)}")
+    try:
+        pid = os.fork()
+    except OSError:
+        pid = -1
+    if pid == 0:  # pragma: no cover - the reaper; reports only through its pipe
+        os.close(status_r)
+        os.close(go_w)
+        # In a new pid namespace the parent lies outside it: getppid() says 0.
+        _reaper_main(agent_main, 0 if pidns else launcher, go_r, status_w)
+    if pidns:
+        restored = _libc.setns(own_ns, CLONE_NEWPID) == 0
+        err = ctypes.get_errno()
+        os.close(own_ns)
+        if not restored:
+            raise SetupError(f"setns back to the launcher's pid namespace: {os.strerror(err)}")
+    if pid < 0:
+        raise SetupError("fork of the agent's reaper failed")
+    os.close(status_w)
+    os.close(go_r)
+    return Reaper(pid=pid, status_fd=status_r, go_fd=go_w, pidns=pidns)
+
+
+def _reaper_main(
+    agent_main: Callable[[int], NoReturn], launcher: int, go_r: int, status_w: int
+) -> NoReturn:
+    try:
+        hygiene.set_parent_death_signal(launcher)
+        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP):
+            signal.signal(sig, signal.SIG_IGN)  # ^C reaches the agent; the reaper stays
+        if os.read(go_r, 1) != b"g":
+            os._exit(3)
+        os.close(go_r)
+        me = os.getpid()  # 1 in a new pid namespace
+        agent = os.fork()
+        if agent == 0:
+            os.close(status_w)
+            for sig in (
+                signal.SIGINT,
+                signal.SIGQUIT,
+                signal.SIGTERM,
+                signal.SIGHUP,
+                signal.SIGTSTP,
+            ):
+                signal.signal(sig, signal.SIG_DFL)
+            agent_main(me)
+        # Nothing of the launcher's stays open here but the status pipe.
+        os.dup2(status_w, 3, inheritable=False)
+        status_w = 3
+        hygiene.close_fds_from(4)
+        os.write(status_w, b"F")
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                os._exit(0)
+            except InterruptedError:
+                continue
+            if pid == agent:
+                os.write(status_w, _STATUS.pack(status))
+                os._exit(0)  # in a pid namespace, the kernel now ends every other process
+    except BaseException:
+        os._exit(3)

@@ -1,0 +1,955 @@
+"""Loading and validating policy files (SPEC section 4), and the `-p`/`-v` narrowing (section 3).
+
+This is the only module that knows YAML and locations. It walks PyYAML's node tree (not
+constructed Python objects) so that every problem carries FILE:LINE:COLUMN, collects
+every problem, and raises PolicyError with all of them. The tables of allowed keys below
+are the single source of truth: the loader refuses what they do not list, and `schema()`
+(shipped as sandbox/schema.json) is generated from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pwd
+import re
+import urllib.parse
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import yaml
+else:
+
+    class _LazyYaml:
+        """PyYAML, imported on first use: `sandbox run -p ... -v ...` reads no policy
+        file and should not pay ~8 ms of its launch time for the YAML parser."""
+
+        def __getattr__(self, name: str) -> Any:
+            import yaml as real
+
+            globals()["yaml"] = real
+            return getattr(real, name)
+
+    yaml = _LazyYaml()
+
+from sandbox.errors import PolicyError, Problem
+from sandbox.policy import pathsets
+from sandbox.policy.model import (
+    DEFAULT_ENV_KEEP,
+    PERM_LETTERS,
+    RESOURCE_RIGHTS,
+    Env,
+    Limits,
+    LockMode,
+    Network,
+    Policy,
+    Resource,
+    Unveil,
+    absolute,
+)
+from sandbox.policy.schema import (
+    ENV_KEYS,
+    ENV_NAME_RE,
+    HEADER_NAME_RE,
+    INIT_KEYS,
+    LIMIT_KEYS,
+    LOCK_MODES,
+    MAX_DEPTH,
+    MAX_INT,
+    MAX_POLICY_BYTES,
+    NAME_RE,
+    NETWORK_KEYS,
+    QOS_LEVELS,
+    RESOURCE_KEYS,
+    RESOURCE_NAME_RE,
+    RESOURCE_TYPES,
+    TOP_LEVEL_KEYS,
+    UNVEIL_ENTRY_KEYS,
+    VIOLATION_MODES,
+    Field,
+    promise_names,
+    suggest,
+)
+
+_INT_RE = re.compile(r"[+-]?[0-9]+")  # decimal only: YAML 1.1 also reads 0x1F, 0o17, 1_000
+
+
+def _loader() -> Any:
+    """libyaml's loader where PyYAML was built with it (faster; the same nodes and marks)."""
+    return getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader
+
+
+# --- Node helpers: every problem is recorded with its location ---------------------------
+
+_T = TypeVar("_T", bound=str)
+_Loc = tuple[int, int]  # line, column; both from 1
+
+_TAG = "tag:yaml.org,2002:"
+_SCALAR_TAGS = {_TAG + t for t in ("str", "int", "float", "bool", "null")}
+_KINDS = {  # what a node is, for messages ("must be a list, not a string")
+    _TAG + "str": "a string",
+    _TAG + "int": "an integer",
+    _TAG + "float": "a number",
+    _TAG + "bool": "a boolean",
+    _TAG + "null": "an empty value",
+}
+
+
+def _loc(node: yaml.Node) -> _Loc:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return _KINDS.get(node.tag, f"a value tagged {node.tag}")
+
+
+class _Ctx:
+    """Where problems go while one file is checked."""
+
+    def __init__(self, filename: str, text: str, base_dir: str) -> None:
+        self.filename = filename
+        self.text = text
+        self.base_dir = base_dir
+        self.problems: list[Problem] = []
+
+    def error(self, where: yaml.Node | _Loc, message: str) -> None:
+        line, column = _loc(where) if isinstance(where, yaml.Node) else where
+        self.problems.append(Problem(self.filename, line, column, message))
+
+    def text_of(self, node: yaml.Node, what: str) -> str | None:
+        """A scalar exactly as written: strings, and numbers or booleans taken as text."""
+        if not isinstance(node, yaml.ScalarNode):
+            self.error(node, f"{what} must be a string, not {_kind(node)}")
+            return None
+        if node.tag not in _SCALAR_TAGS:
+            self.error(node, f"{what}: YAML tag {node.tag!r} is not allowed in a policy")
+            return None
+        if node.tag == _TAG + "null":
+            self.error(node, f'{what} has no value (write "" for an empty string)')
+            return None
+        value: str = node.value
+        if "\0" in value:
+            self.error(node, f"{what} contains a NUL character")
+            return None
+        return value
+
+    def integer(self, node: yaml.Node, what: str, lo: int, hi: int) -> int | None:
+        if not isinstance(node, yaml.ScalarNode) or not _INT_RE.fullmatch(node.value):
+            # YAML 1.1 also reads 0x1F, 0o17 and 1_000 as integers; policies use decimal only.
+            kind = "a number in another notation" if node.tag == _TAG + "int" else _kind(node)
+            self.error(node, f"{what} must be a whole number in decimal, not {kind}")
+            return None
+        value = int(node.value)
+        if not lo <= value <= hi:
+            self.error(node, f"{what} must be between {lo} and {hi}, not {value}")
+            return None
+        return value
+
+    def boolean(self, node: yaml.Node, what: str) -> bool | None:
+        if not isinstance(node, yaml.ScalarNode) or node.tag != _TAG + "bool":
+            self.error(node, f"{what} must be true or false, not {_kind(node)}")
+            return None
+        return node.value.lower() in ("true", "yes", "on", "y")
+
+    def choice(self, node: yaml.Node, what: str, choices: tuple[_T, ...]) -> _T | None:
+        value = self.text_of(node, what)
+        if value is None:
+            return None
+        for c in choices:
+            if c == value:
+                return c
+        self.error(
+            node,
+            f"{what} must be one of {', '.join(choices)}, not '{value}'{suggest(value, choices)}",
+        )
+        return None
+
+    def _unit(self, node: yaml.Node, what: str, kind: str) -> tuple[str, float] | None:
+        """(text, value) of a size or a duration, or None after recording the problem."""
+        value = self.text_of(node, what)
+        if value is None:
+            return None
+        from sandbox.policy import units  # parsed policies only: Decimal costs the -p/-v path
+
+        parse = {"size": units.parse_size, "duration": units.parse_duration}[kind]
+        try:
+            return value, parse(value)
+        except units.UnitError as exc:
+            self.error(node, f"{what}: {exc}")
+            return None
+
+    def size(self, node: yaml.Node, what: str, minimum: int = 0) -> int | None:
+        parsed = self._unit(node, what, "size")
+        if parsed is None:
+            return None
+        text, result = parsed
+        if result < minimum:
+            self.error(node, f"{what} must be at least {minimum} bytes, not {text}")
+            return None
+        return int(result)
+
+    def duration(self, node: yaml.Node, what: str) -> float | None:
+        parsed = self._unit(node, what, "duration")
+        if parsed is None:
+            return None
+        text, result = parsed
+        if result <= 0:
+            self.error(node, f"{what} must be more than 0 seconds, not {text}")
+            return None
+        return result
+
+    def items(self, node: yaml.Node, what: str) -> list[tuple[str, yaml.Node, yaml.Node]] | None:
+        """Entries of a mapping, keys as text; duplicate keys are problems (PyYAML allows them)."""
+        if not isinstance(node, yaml.MappingNode):
+            self.error(node, f"{what} must be a mapping (key: value), not {_kind(node)}")
+            return None
+        seen: dict[str, yaml.Node] = {}
+        out: list[tuple[str, yaml.Node, yaml.Node]] = []
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _TAG + "null":
+                self.error(key_node, f"a key in {what} must be a string, not {_kind(key_node)}")
+                continue
+            key: str = key_node.value
+            if key in seen:
+                first = seen[key].start_mark.line + 1
+                self.error(key_node, f"duplicate key '{key}' in {what} (first at line {first})")
+                continue
+            seen[key] = key_node
+            out.append((key, key_node, value_node))
+        return out
+
+    def fields(self, node: yaml.Node, what: str, table: Mapping[str, Field]) -> _Fields | None:
+        """A mapping whose keys must be in `table`; unknown or missing required keys: problems."""
+        entries = self.items(node, what)
+        return None if entries is None else self.fields_of(entries, node, what, table)
+
+    def fields_of(
+        self,
+        entries: list[tuple[str, yaml.Node, yaml.Node]],
+        node: yaml.Node,
+        what: str,
+        table: Mapping[str, Field],
+    ) -> _Fields:
+        found: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key, key_node, value_node in entries:
+            if key not in table:
+                self.error(
+                    key_node,
+                    f"unknown key '{key}' in {what}{suggest(key, table)}; "
+                    f"allowed: {', '.join(table)}",
+                )
+                continue
+            found[key] = (key_node, value_node)
+        for key, f in table.items():
+            if f.required and key not in found:
+                self.error(node, f"{what} is missing the required key '{key}'")
+        return _Fields(found, table)
+
+    def sequence(self, node: yaml.Node, what: str) -> list[yaml.Node] | None:
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, f"{what} must be a list, not {_kind(node)}")
+            return None
+        return list(node.value)
+
+    def words(self, node: yaml.Node, what: str) -> list[tuple[str, _Loc]] | None:
+        """Promise words of a string ("stdio rpath") or a list, each with its own location."""
+        if isinstance(node, yaml.SequenceNode):
+            out: list[tuple[str, _Loc]] = []
+            for item in node.value:
+                words = self._scalar_words(item, what)
+                if words is not None:
+                    out.extend(words)
+            return out
+        return self._scalar_words(node, what)
+
+    def _scalar_words(self, node: yaml.Node, what: str) -> list[tuple[str, _Loc]] | None:
+        if isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "null":
+            self.error(node, f'{what} has no value (write "" for no promises)')
+            return None
+        value = self.text_of(node, what)
+        if value is None or not isinstance(node, yaml.ScalarNode):
+            return None
+        start = node.start_mark
+        quote = 1 if node.style in ("'", '"') else 0
+        begin = start.index + quote
+        # Point at each word when the scalar is on one line exactly as written (no escapes);
+        # otherwise at the scalar.
+        exact = (
+            node.style not in ("|", ">")
+            and start.line == node.end_mark.line
+            and self.text[begin : begin + len(value)] == value
+        )
+        out = []
+        for m in re.finditer(r"\S+", value):
+            where = (start.line + 1, start.column + 1 + quote + m.start()) if exact else _loc(node)
+            out.append((m.group(), where))
+        return out
+
+
+class _Fields:
+    """The keys found in one mapping. Reading a key not in the table is a programming error."""
+
+    def __init__(self, found: dict[str, tuple[yaml.Node, yaml.Node]], table: Mapping[str, Field]):
+        self._found = found
+        self._table = table
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key) is not None
+
+    def get(self, key: str) -> yaml.Node | None:
+        if key not in self._table:
+            raise KeyError(f"policy loader bug: '{key}' is not in its table")
+        entry = self._found.get(key)
+        return None if entry is None else entry[1]
+
+    def key_node(self, key: str) -> yaml.Node | None:
+        entry = self._found.get(key)
+        return None if entry is None else entry[0]
+
+
+# --- Reading YAML safely -----------------------------------------------------------------
+
+
+def _line_col(text: str, index: int) -> _Loc:
+    line = text.count("\n", 0, index) + 1
+    return line, index - (text.rfind("\n", 0, index) + 1) + 1
+
+
+def _compose(ctx: _Ctx) -> yaml.Node | None:
+    """The node tree, or None with problems recorded: syntax errors, aliases, deep nesting."""
+    try:
+        # A first pass over the event stream (no recursion, nothing built) refuses aliases
+        # and anchors (billion laughs) and deep nesting before anything is composed.
+        depth = 0
+        for event in yaml.parse(ctx.text, Loader=_loader()):
+            if isinstance(event, yaml.AliasEvent):
+                ctx.error(_mark_loc(event.start_mark), "YAML aliases (*name) are not allowed")
+            elif isinstance(event, yaml.NodeEvent) and event.anchor is not None:
+                ctx.error(_mark_loc(event.start_mark), "YAML anchors (&name) are not allowed")
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    ctx.error(
+                        _mark_loc(event.start_mark),
+                        f"nesting deeper than {MAX_DEPTH} levels; a policy needs at most 4",
+                    )
+                    return None
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+        if ctx.problems:
+            return None
+        return yaml.compose(ctx.text, Loader=_loader())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = _mark_loc(mark) if mark is not None else (1, 1)
+        detail = " ".join(s for s in (exc.problem, exc.context) if s)
+        ctx.error(where, f"YAML syntax error: {detail}")
+    except yaml.reader.ReaderError as exc:
+        ctx.error(_line_col(ctx.text, exc.position), f"YAML syntax error: {exc.reason}")
+    except yaml.YAMLError as exc:
+        ctx.error((1, 1), f"YAML syntax error: {exc}")
+    return None
+
+
+def _mark_loc(mark: Any) -> _Loc:  # yaml.Mark, or the C loader's own Mark class
+    return mark.line + 1, mark.column + 1
+
+
+# --- Loading -----------------------------------------------------------------------------
+
+
+def load_policy(path: str | os.PathLike[str]) -> Policy:
+    """Load and validate a policy file; PolicyError lists every problem with FILE:LINE:COLUMN."""
+    filename = os.fspath(path)
+    try:
+        with open(filename, "rb") as f:
+            data = f.read(MAX_POLICY_BYTES + 1)
+    except OSError as exc:
+        raise PolicyError(
+            [Problem(filename, 1, 1, f"cannot read the policy: {exc.strerror or exc}")]
+        ) from exc
+    if len(data) > MAX_POLICY_BYTES:
+        raise PolicyError(
+            [Problem(filename, 1, 1, f"the file is larger than {MAX_POLICY_BYTES} bytes (1 MiB)")]
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, column = _line_col(data.decode("utf-8", "replace"), exc.start)
+        raise PolicyError([Problem(filename, line, column, "the file is not UTF-8 text")]) from exc
+    base_dir = os.path.dirname(os.path.abspath(filename))
+    return _load(text, data, filename, base_dir, os.path.abspath(filename))
+
+
+def load_policy_text(text: str, filename: str, base_dir: str) -> Policy:
+    """Validate policy text as if read from `filename`; relative paths resolve in `base_dir`."""
+    data = text.encode("utf-8")
+    if len(data) > MAX_POLICY_BYTES:
+        raise PolicyError(
+            [Problem(filename, 1, 1, f"the file is larger than {MAX_POLICY_BYTES} bytes (1 MiB)")]
+        )
+    return _load(text, data, filename, os.path.abspath(base_dir), os.path.abspath(filename))
+
+
+def _load(text: str, data: bytes, filename: str, base_dir: str, source: str) -> Policy:
+    ctx = _Ctx(filename, text, base_dir)
+    root = _compose(ctx)
+    policy: Policy | None = None
+    if root is None and not ctx.problems:
+        ctx.error((1, 1), "the policy is empty; it needs at least 'version: 1'")
+    elif root is not None:
+        stem = os.path.splitext(os.path.basename(filename))[0]
+        policy = _build(ctx, root, stem)
+    if ctx.problems or policy is None:
+        problems = sorted(ctx.problems, key=lambda p: (p.line, p.column))
+        raise PolicyError(problems or [Problem(filename, 1, 1, "invalid policy")])
+    import hashlib  # policy files only
+
+    return dataclasses.replace(policy, source=source, sha256=hashlib.sha256(data).hexdigest())
+
+
+def _default_name(stem: str) -> str:
+    """The file's stem, made a valid name ("My_Agent" -> "my-agent")."""
+    name = re.sub(r"[^a-z0-9-]+", "-", stem.lower()).strip("-")
+    name = re.sub(r"^[^a-z]+", "", name)
+    return name or "agent"
+
+
+def _build(ctx: _Ctx, root: yaml.Node, stem: str) -> Policy | None:
+    top = ctx.fields(root, "the policy", TOP_LEVEL_KEYS)
+    if top is None:
+        return None
+    values: dict[str, Any] = {}
+
+    node = top.get("version")
+    if node is not None:
+        version = ctx.integer(node, "version", 0, MAX_INT)
+        if version is not None and version != 1:
+            ctx.error(node, f"version {version} is not supported; this sandbox reads version 1")
+
+    values["name"] = _default_name(stem)
+    node = top.get("name")
+    if node is not None:
+        name = ctx.text_of(node, "name")
+        if name is not None and not NAME_RE.fullmatch(name):
+            ctx.error(node, f"name '{name}' must match [a-z][a-z0-9-]* (e.g. 'data-agent')")
+        elif name is not None:
+            values["name"] = name
+
+    lock: LockMode = "exec"
+    node = top.get("lock")
+    if node is not None:
+        lock = ctx.choice(node, "lock", LOCK_MODES) or lock
+        values["lock"] = lock
+
+    resources = _resources(ctx, top.get("resources"))
+    declared = _declared_resource_names(top.get("resources"))
+
+    pledge: frozenset[str] | None = frozenset()
+    node = top.get("pledge")
+    if node is not None:
+        words = ctx.words(node, "pledge")
+        if words is None:
+            pledge = None
+        else:
+            pledge, caps = _promises(ctx, words, "pledge", resources, declared, allow_caps=True)
+            values["pledge"], values["capabilities"] = pledge, caps
+
+    node = top.get("init")
+    if node is not None:
+        _init(ctx, node, top.key_node("init"), lock, pledge, values)
+
+    node = top.get("execpromises")
+    if node is not None:
+        words = ctx.words(node, "execpromises")
+        if words is not None:
+            execp, _ = _promises(ctx, words, "execpromises", resources, declared, allow_caps=False)
+            values["execpromises"] = execp
+        if pledge is not None and "exec" not in pledge:
+            ctx.error(
+                top.key_node("execpromises") or node,
+                "execpromises needs the promise 'exec' in pledge (without it nothing is executed)",
+            )
+
+    node = top.get("unveil")
+    if node is not None:
+        values["unveil"] = _unveil(ctx, node)
+
+    node = top.get("network")
+    if node is not None:
+        network = _network(ctx, node)
+        if network is not None:
+            values["network"] = network
+        if pledge is not None and "inet" not in pledge:
+            ctx.error(
+                top.key_node("network") or node,
+                "network rules need the promise 'inet' in pledge (add it, or remove 'network')",
+            )
+
+    if resources is not None:
+        values["resources"] = MappingProxyType(resources)
+
+    for key, build in _SECTIONS.items():
+        node = top.get(key)
+        value = None if node is None else build(ctx, node)
+        if value is not None:  # None: absent, or a problem already recorded
+            values[key] = value
+
+    if ctx.problems:
+        return None
+    return Policy(**values)
+
+
+def _command(ctx: _Ctx, node: yaml.Node) -> tuple[str, ...] | None:
+    if isinstance(node, yaml.SequenceNode):
+        args = [ctx.text_of(item, "an argument of command") for item in node.value]
+        if any(a is None for a in args):
+            return None
+        return tuple(a for a in args if a is not None)
+    text = ctx.text_of(node, "command")
+    if text is None:
+        return None
+    try:
+        import shlex  # a command given as a string
+
+        return tuple(shlex.split(text))
+    except ValueError as exc:
+        ctx.error(node, f"command cannot be split into words: {exc}")
+        return None
+
+
+def _declared_resource_names(node: yaml.Node | None) -> set[str]:
+    """Names under 'resources', even invalid ones, so one typo does not cascade."""
+    if not isinstance(node, yaml.MappingNode):
+        return set()
+    return {k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+
+
+def _promises(
+    ctx: _Ctx,
+    words: list[tuple[str, _Loc]],
+    what: str,
+    resources: Mapping[str, Resource] | None,
+    declared: set[str],
+    *,
+    allow_caps: bool,
+) -> tuple[frozenset[str], frozenset[tuple[str, str]]]:
+    """Split promise words into plain promises and capabilities, recording every bad word."""
+    known = promise_names()
+    plain: set[str] = set()
+    caps: set[tuple[str, str]] = set()
+    for word, where in words:
+        if ":" not in word:
+            if word in known:
+                plain.add(word)
+            else:
+                ctx.error(where, f"unknown promise '{word}' in {what}{suggest(word, known)}")
+            continue
+        resource, _, right = word.partition(":")
+        if not allow_caps:
+            ctx.error(
+                where,
+                f"capability promise '{word}' is not allowed in {what}; "
+                "capabilities belong in 'pledge'",
+            )
+            continue
+        if resource not in declared:
+            hint = suggest(resource, declared)
+            ctx.error(
+                where,
+                f"capability '{word}' names resource '{resource}', which is not declared "
+                f"under 'resources'{hint}",
+            )
+            continue
+        res = (resources or {}).get(resource)
+        if res is None:
+            continue  # the resource itself has a problem, already recorded
+        rights = RESOURCE_RIGHTS[res.type]
+        if right not in rights:
+            ctx.error(
+                where,
+                f"'{right}' is not a right of {res.type} resource '{resource}'"
+                f"{suggest(right, rights)}; rights: {', '.join(sorted(rights))}",
+            )
+            continue
+        caps.add((resource, right))
+    return frozenset(plain), frozenset(caps)
+
+
+def _init(
+    ctx: _Ctx,
+    node: yaml.Node,
+    key_node: yaml.Node | None,
+    lock: LockMode,
+    pledge: frozenset[str] | None,
+    values: dict[str, Any],
+) -> None:
+    if lock != "agent":
+        ctx.error(
+            key_node or node,
+            "'init' applies only with 'lock: agent' "
+            "(with lock: exec the agent never runs unlocked)",
+        )
+    fields = ctx.fields(node, "init", INIT_KEYS)
+    if fields is None:
+        return
+    timeout = fields.get("timeout")
+    if timeout is not None:
+        seconds = ctx.duration(timeout, "init.timeout")
+        if seconds is not None:
+            values["init_timeout"] = seconds
+    init_pledge = fields.get("pledge")
+    if init_pledge is not None:
+        words = ctx.words(init_pledge, "init.pledge")
+        if words is None:
+            return
+        # Capabilities are broker rights, not system calls: they make no sense before lock.
+        promises, _ = _promises(ctx, words, "init.pledge", None, set(), allow_caps=False)
+        values["init_pledge"] = promises
+        # Seccomp filters stack: what the init filter forbids, the agent can never promise.
+        missing = sorted((pledge or frozenset()) - promises)
+        if missing:
+            ctx.error(
+                init_pledge,
+                f"init.pledge must include every promise of pledge; missing: {' '.join(missing)}",
+            )
+
+
+def _path_text(ctx: _Ctx, node: yaml.Node, raw: str | None, what: str) -> str | None:
+    if raw is None:
+        return None
+    if raw == "":
+        ctx.error(node, f"{what} is empty; write '.' for the policy's directory")
+        return None
+    if "\0" in raw:
+        ctx.error(node, f"{what} contains a NUL character")
+        return None
+    if raw.startswith("~"):
+        ctx.error(node, f"{what} '{raw}': '~' is not expanded; write the absolute path")
+        return None
+    return raw
+
+
+def _perms(ctx: _Ctx, node: yaml.Node, path: str) -> frozenset[str] | None:
+    if isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "null":
+        ctx.error(node, f"permissions of '{path}' are missing (write \"\" for visible, no rights)")
+        return None
+    text = ctx.text_of(node, f"permissions of '{path}'")
+    if text is None:
+        return None
+    bad = sorted({c for c in text if c not in PERM_LETTERS})
+    if bad:
+        ctx.error(
+            node,
+            f"unknown permission {', '.join(repr(c) for c in bad)} for '{path}': "
+            f"use any of r (read) w (write) x (execute) c (create/remove)",
+        )
+        return None
+    return frozenset(text)
+
+
+def _unveil(ctx: _Ctx, node: yaml.Node) -> tuple[Unveil, ...]:
+    entries = ctx.items(node, "unveil")
+    out: list[Unveil] = []
+    seen: dict[str, tuple[str, yaml.Node]] = {}
+    for raw, key_node, value_node in entries or []:
+        path = _path_text(ctx, key_node, raw, "an unveil path")
+        optional = False
+        if isinstance(value_node, yaml.MappingNode):
+            fields = ctx.fields(value_node, f"unveil '{raw}'", UNVEIL_ENTRY_KEYS)
+            if fields is None:
+                continue
+            perms_node = fields.get("perms")
+            perms = None if perms_node is None else _perms(ctx, perms_node, raw)
+            opt_node = fields.get("optional")
+            if opt_node is not None:
+                optional = bool(ctx.boolean(opt_node, f"optional of '{raw}'"))
+        else:
+            perms = _perms(ctx, value_node, raw)
+        if path is None:
+            continue
+        if path.startswith("@"):
+            expanded = pathsets.expand(path)
+            if expanded is None:
+                ctx.error(
+                    key_node,
+                    f"unknown path set '{path}' (known: {', '.join(sorted(pathsets.PATH_SETS))})",
+                )
+            elif perms is not None:
+                out.extend(
+                    Unveil(p, perms, True) for p in expanded if p not in {u.path for u in out}
+                )
+            continue
+        resolved = absolute(ctx.base_dir, path)
+        if resolved in seen:
+            first_raw, first_node = seen[resolved]
+            ctx.error(
+                key_node,
+                f"duplicate unveil path '{resolved}' (also '{first_raw}' at line "
+                f"{first_node.start_mark.line + 1})",
+            )
+            continue
+        seen[resolved] = (raw, key_node)
+        if not optional and not os.path.exists(resolved):
+            ctx.error(
+                key_node,
+                f"unveil path '{resolved}' does not exist; create it, fix the path, "
+                "or write {perms: ..., optional: true}",
+            )
+            continue
+        if perms is not None:
+            out.append(Unveil(resolved, perms, optional))
+    return tuple(out)
+
+
+def _ports(ctx: _Ctx, node: yaml.Node | None, what: str) -> tuple[int, ...] | None:
+    if node is None:
+        return ()
+    items = ctx.sequence(node, what)
+    if items is None:
+        return None
+    ports = [ctx.integer(item, f"a port in {what}", 0, 65535) for item in items]
+    if any(p is None for p in ports):
+        return None
+    return tuple(dict.fromkeys(p for p in ports if p is not None))
+
+
+def _network(ctx: _Ctx, node: yaml.Node) -> Network | None:
+    fields = ctx.fields(node, "network", NETWORK_KEYS)
+    if fields is None:
+        return None
+    connect = _ports(ctx, fields.get("connect"), "network.connect")
+    bind = _ports(ctx, fields.get("bind"), "network.bind")
+    if connect is None or bind is None:
+        return None
+    return Network(connect=connect, bind=bind)
+
+
+def _resources(ctx: _Ctx, node: yaml.Node | None) -> dict[str, Resource] | None:
+    if node is None:
+        return {}
+    entries = ctx.items(node, "resources")
+    if entries is None:
+        return None
+    out: dict[str, Resource] = {}
+    for name, key_node, value_node in entries:
+        if not RESOURCE_NAME_RE.fullmatch(name):
+            ctx.error(key_node, f"resource name '{name}' must match {RESOURCE_NAME_RE.pattern}")
+            continue
+        resource = _resource(ctx, name, value_node)
+        if resource is not None:
+            out[name] = resource
+    return out
+
+
+def _resource(ctx: _Ctx, name: str, node: yaml.Node) -> Resource | None:
+    what = f"resource '{name}'"
+    entries = ctx.items(node, what)
+    if entries is None:
+        return None
+    type_node = next((v for k, _, v in entries if k == "type"), None)
+    if type_node is None:
+        ctx.error(node, f"{what} needs a 'type': one of {', '.join(RESOURCE_TYPES)}")
+        return None
+    rtype = ctx.choice(type_node, f"type of {what}", RESOURCE_TYPES)
+    if rtype is None:
+        return None
+    fields = ctx.fields_of(entries, node, what, RESOURCE_KEYS[rtype])
+    if rtype == "dir":
+        return _dir_resource(ctx, name, fields)
+    return _http_resource(ctx, name, fields)
+
+
+def _dir_resource(ctx: _Ctx, name: str, fields: _Fields) -> Resource | None:
+    node = fields.get("path")
+    if node is None:
+        return None
+    raw = _path_text(ctx, node, ctx.text_of(node, f"path of resource '{name}'"), "a path")
+    if raw is None:
+        return None
+    path = absolute(ctx.base_dir, raw)
+    if not os.path.isdir(path):
+        state = "is not a directory" if os.path.exists(path) else "does not exist"
+        ctx.error(node, f"path '{path}' of resource '{name}' {state}")
+        return None
+    return Resource(name=name, type="dir", path=path)
+
+
+def _http_resource(ctx: _Ctx, name: str, fields: _Fields) -> Resource | None:
+    ok = True
+    url: str | None = None
+    node = fields.get("url")
+    if node is not None:
+        url = ctx.text_of(node, f"url of resource '{name}'")
+        problem = None if url is None else _url_problem(url)
+        if problem is not None:
+            ctx.error(node, f"url '{url}' of resource '{name}' {problem}")
+            url = None
+    headers: dict[str, str] = {}
+    node = fields.get("headers")
+    if node is not None:
+        for header, key_node, value_node in ctx.items(node, f"headers of '{name}'") or []:
+            value = ctx.text_of(value_node, f"header '{header}'")
+            if not HEADER_NAME_RE.fullmatch(header):
+                ctx.error(key_node, f"'{header}' is not a valid HTTP header name")
+                ok = False
+            elif value is not None and _header_value_problem(value):
+                ctx.error(value_node, f"header '{header}': {_header_value_problem(value)}")
+                ok = False
+            elif value is not None:
+                headers[header] = value
+            else:
+                ok = False
+    extra: dict[str, Any] = {}
+    node = fields.get("timeout")
+    if node is not None:
+        extra["timeout"] = ctx.duration(node, f"timeout of '{name}'")
+    node = fields.get("max_bytes")
+    if node is not None:
+        extra["max_bytes"] = ctx.size(node, f"max_bytes of '{name}'", minimum=1)
+    if url is None or not ok or None in extra.values():
+        return None
+    return Resource(name=name, type="http", url=url, headers=MappingProxyType(headers), **extra)
+
+
+def _url_problem(url: str) -> str | None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises on a malformed port
+    except ValueError as exc:
+        return f"is malformed: {exc}"
+    del port
+    if parts.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parts.hostname:
+        return "has no host"
+    if parts.username is not None or parts.password is not None:
+        return "must not contain credentials; put them in 'headers' as env:NAME"
+    if parts.query or parts.fragment:
+        return "must be a prefix without '?query' or '#fragment'"
+    if any(c.isspace() for c in url):
+        return "must not contain spaces"
+    return None
+
+
+def _header_value_problem(value: str) -> str | None:
+    if "\r" in value or "\n" in value:
+        return "a value must not contain line breaks"
+    if value.startswith("env:") and not ENV_NAME_RE.fullmatch(value[4:]):
+        return f"'{value}': after 'env:' write an environment variable name, e.g. env:API_KEY"
+    return None
+
+
+def _limits(ctx: _Ctx, node: yaml.Node) -> Limits | None:
+    fields = ctx.fields(node, "limits", LIMIT_KEYS)
+    if fields is None:
+        return None
+    values: dict[str, Any] = {}
+    n = fields.get("memory")
+    if n is not None:
+        values["memory"] = ctx.size(n, "limits.memory", minimum=1)
+    n = fields.get("cpu")
+    if n is not None:
+        seconds = ctx.duration(n, "limits.cpu")
+        # RLIMIT_CPU counts whole seconds; round up so the limit is never below what was asked.
+        values["cpu"] = None if seconds is None else max(1, math.ceil(seconds))
+    n = fields.get("wall")
+    if n is not None:
+        values["wall"] = ctx.duration(n, "limits.wall")
+    n = fields.get("processes")
+    if n is not None:
+        values["processes"] = ctx.integer(n, "limits.processes", 1, MAX_INT)
+    n = fields.get("files")
+    if n is not None:
+        values["files"] = ctx.integer(n, "limits.files", 1, MAX_INT)
+    n = fields.get("file_size")
+    if n is not None:
+        values["file_size"] = ctx.size(n, "limits.file_size")
+    if None in values.values():
+        return None
+    return Limits(**values)
+
+
+def _env(ctx: _Ctx, node: yaml.Node) -> Env | None:
+    fields = ctx.fields(node, "env", ENV_KEYS)
+    if fields is None:
+        return None
+    ok = True
+    keep: tuple[str, ...] = DEFAULT_ENV_KEEP
+    n = fields.get("keep")
+    if n is not None:
+        names = []
+        for item in ctx.sequence(n, "env.keep") or []:
+            name = ctx.text_of(item, "a name in env.keep")
+            if name is not None and not ENV_NAME_RE.fullmatch(name):
+                ctx.error(item, f"'{name}' is not a valid environment variable name")
+                name = None
+            if name is None:
+                ok = False
+            else:
+                names.append(name)
+        keep = tuple(dict.fromkeys(names))
+    values: dict[str, str] = {}
+    n = fields.get("set")
+    if n is not None:
+        for name, key_node, value_node in ctx.items(n, "env.set") or []:
+            value = ctx.text_of(value_node, f"env.set.{name}")
+            if not ENV_NAME_RE.fullmatch(name):
+                ctx.error(key_node, f"'{name}' is not a valid environment variable name")
+                ok = False
+            elif value is None:
+                ok = False
+            else:
+                values[name] = value
+    return Env(keep=keep, set=MappingProxyType(values)) if ok else None
+
+
+def _user(ctx: _Ctx, node: yaml.Node) -> str | None:
+    user = ctx.text_of(node, "user")
+    if user is None:
+        return None
+    try:
+        if user.isdigit():
+            pwd.getpwuid(int(user))
+        else:
+            pwd.getpwnam(user)
+    except (KeyError, OverflowError):
+        ctx.error(node, f"user '{user}' is not in the passwd database (see getent passwd)")
+        return None
+    return user
+
+
+# Sections that depend on nothing but their own node: key -> builder (None: a problem was
+# recorded). The others (name, lock, pledge, init, execpromises, unveil, network,
+# resources) check each other and are built above in order.
+_SECTIONS: Mapping[str, Callable[[_Ctx, yaml.Node], object]] = MappingProxyType(
+    {
+        "command": _command,
+        "limits": _limits,
+        "env": _env,
+        "violation": lambda ctx, n: ctx.choice(n, "violation", VIOLATION_MODES),
+        "qos": lambda ctx, n: ctx.choice(n, "qos", QOS_LEVELS),
+        "best_effort": lambda ctx, n: ctx.boolean(n, "best_effort"),
+        "user": _user,
+    }
+)
+
+
+def check_files(paths: list[str]) -> tuple[int, list[str]]:
+    """`sandbox check POLICY...`: (0, []) if all are valid, else (2, every problem line)."""
+    if not paths:
+        return 2, ["sandbox check: give at least one policy file"]
+    lines: list[str] = []
+    for path in paths:
+        try:
+            load_policy(path)
+        except PolicyError as exc:
+            lines.extend(str(problem) for problem in exc.problems)
+    return (2 if lines else 0), lines

@@ -1,0 +1,216 @@
+"""The validated policy: immutable values, no YAML, no locations.
+
+Loading (sandbox.policy.loader) knows YAML and locations; nothing after it does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from sandbox.enforce.landlock import PERM_RIGHTS
+
+Perm = Literal["r", "w", "x", "c"]
+# The permission letters of unveil, in their canonical order: those of the Landlock rights
+# table (sandbox.enforce.landlock.PERM_RIGHTS), so a letter is known iff it is enforced.
+PERM_LETTERS = "".join(PERM_RIGHTS)
+LockMode = Literal["exec", "agent"]
+ViolationMode = Literal["kill", "errno", "log"]
+Qos = Literal["interactive", "initiated", "utility", "background"]
+ResourceType = Literal["dir", "http"]
+
+# Rights each resource type knows; a capability promise RESOURCE:RIGHT must name one.
+RESOURCE_RIGHTS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "dir": frozenset({"read", "write", "create", "delete", "list"}),
+        "http": frozenset({"get", "post", "put", "patch", "delete", "head"}),
+    }
+)
+
+DEFAULT_ENV_KEEP: tuple[str, ...] = ("PATH", "LANG", "TERM", "HOME", "TZ")
+
+
+@dataclass(frozen=True)
+class Unveil:
+    """A path (absolute, normalised, symlinks not resolved) and its permissions."""
+
+    path: str
+    perms: frozenset[str]
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Network:
+    connect: tuple[int, ...] = ()
+    bind: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Resource:
+    name: str
+    type: ResourceType
+    path: str | None = None  # dir: absolute path of the root
+    url: str | None = None  # http: URL prefix (scheme, host, port pinned)
+    # http: header name -> value or "env:NAME" (read from the parent's environment)
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    timeout: float = 10.0  # http: seconds
+    max_bytes: int = 16 * 1024 * 1024  # http: response size cap
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory: int | None = None  # bytes, whole process tree (cgroup)
+    cpu: int | None = None  # seconds (RLIMIT_CPU, per process)
+    wall: float | None = None  # seconds, whole run
+    processes: int | None = None  # whole process tree (cgroup pids)
+    files: int | None = None  # RLIMIT_NOFILE
+    file_size: int | None = None  # RLIMIT_FSIZE, bytes
+
+
+@dataclass(frozen=True)
+class Env:
+    keep: tuple[str, ...] = DEFAULT_ENV_KEEP
+    set: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    version: int = 1
+    command: tuple[str, ...] = ()
+    lock: LockMode = "exec"
+    init_timeout: float = 10.0  # seconds, lock: agent only
+    # Init bounds for lock: agent (promises allowed before the agent locks); None = hygiene only.
+    init_pledge: frozenset[str] | None = None
+    pledge: frozenset[str] = frozenset()  # plain promises (stdio, rpath, ...)
+    capabilities: frozenset[tuple[str, str]] = frozenset()  # (resource, right)
+    execpromises: frozenset[str] | None = None
+    unveil: tuple[Unveil, ...] = ()
+    network: Network | None = None
+    resources: Mapping[str, Resource] = field(default_factory=lambda: MappingProxyType({}))
+    limits: Limits = Limits()
+    env: Env = Env()
+    violation: ViolationMode = "kill"
+    qos: Qos | None = None
+    best_effort: bool = False
+    user: str | None = None  # run the agent as this user (launcher must be root)
+    source: str | None = None  # path of the policy file, if any
+    sha256: str | None = None  # of the policy file's bytes
+
+    def promise_string(self) -> str:
+        caps = sorted(f"{r}:{right}" for r, right in self.capabilities)
+        return " ".join([*sorted(self.pledge), *caps])
+
+
+# --- paths and unveils: one rule each ------------------------------------------------------
+
+
+def absolute(base_dir: str, path: str) -> str:
+    """`path` made absolute against `base_dir` and normalised; symlinks kept (normpath, not
+    realpath). POSIX keeps a leading '//' as implementation-defined; on Linux it is '/'."""
+    resolved = os.path.normpath(os.path.join(base_dir, path))
+    return "/" + resolved.lstrip("/")
+
+
+def path_within(path: str, root: str) -> bool:
+    """`path` is `root` or lies beneath it (both absolute and normalised)."""
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def perm_string(perms: Iterable[str]) -> str:
+    """Permission letters in canonical order ("rwxc")."""
+    have = set(perms)
+    return "".join(c for c in PERM_LETTERS if c in have)
+
+
+@dataclass(frozen=True, slots=True)
+class Beyond:
+    """Why an unveil is not within others: the closest enclosing one (None: outside every
+    one) and the letters it lacks."""
+
+    closest: Unveil | None
+    extra: frozenset[str]
+
+
+def unveil_beyond(path: str, perms: Iterable[str], within: Iterable[Unveil]) -> Beyond | None:
+    """The one within-policy check: None if `path` with `perms` lies within `within`.
+
+    Symlinks are resolved on both sides (Landlock grants on what a path reaches). The
+    closest enclosing unveil decides, as on OpenBSD: Landlock would grant the union of all
+    enclosing rules, which is never less, so checking against the closest fails closed
+    (a policy `data: rw` with `data/ro: r` does not let `data/ro` be declared writable).
+    """
+    real = os.path.realpath(path)
+    enclosing = [(os.path.realpath(u.path), u) for u in within]
+    enclosing = [(r, u) for r, u in enclosing if path_within(real, r)]
+    if not enclosing:
+        return Beyond(None, frozenset(perms))
+    closest = max(enclosing, key=lambda ru: len(ru[0]))[1]
+    extra = frozenset(perms) - closest.perms
+    return Beyond(closest, extra) if extra else None
+
+
+def effective_perms(path: str, unveils: Iterable[Unveil]) -> frozenset[str]:
+    """What Landlock grants on `path`: the union of the letters of every unveil at or above
+    it (unlike unveil(2), where the closest decides; see unveil_beyond)."""
+    real = os.path.realpath(path)
+    out: set[str] = set()
+    for u in unveils:
+        if path_within(real, os.path.realpath(u.path)):
+            out |= u.perms
+    return frozenset(out)
+
+
+# --- a JSON view -----------------------------------------------------------------------------
+
+
+def policy_to_dict(p: Policy) -> dict[str, Any]:
+    """A JSON-able view of the policy (for `sandbox explain --json`).
+
+    Literal header values are secrets: they are shown as '***'; 'env:NAME' is shown as is.
+    """
+    return {
+        "name": p.name,
+        "version": p.version,
+        "source": p.source,
+        "sha256": p.sha256,
+        "command": list(p.command),
+        "lock": p.lock,
+        "init": {
+            "timeout": p.init_timeout,
+            "pledge": None if p.init_pledge is None else sorted(p.init_pledge),
+        },
+        "pledge": sorted(p.pledge),
+        "capabilities": sorted(f"{r}:{right}" for r, right in p.capabilities),
+        "execpromises": None if p.execpromises is None else sorted(p.execpromises),
+        "unveil": [
+            {"path": u.path, "perms": perm_string(u.perms), "optional": u.optional}
+            for u in p.unveil
+        ],
+        "network": None
+        if p.network is None
+        else {"connect": list(p.network.connect), "bind": list(p.network.bind)},
+        "resources": {name: _resource_dict(r) for name, r in sorted(p.resources.items())},
+        "limits": dataclasses.asdict(p.limits),
+        "env": {"keep": list(p.env.keep), "set": dict(p.env.set)},
+        "violation": p.violation,
+        "qos": p.qos,
+        "best_effort": p.best_effort,
+        "user": p.user,
+    }
+
+
+def _resource_dict(r: Resource) -> dict[str, Any]:
+    if r.type == "dir":
+        return {"type": "dir", "path": r.path}
+    return {
+        "type": "http",
+        "url": r.url,
+        "headers": {k: v if v.startswith("env:") else "***" for k, v in r.headers.items()},
+        "timeout": r.timeout,
+        "max_bytes": r.max_bytes,
+    }
