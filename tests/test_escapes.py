@@ -318,10 +318,11 @@ report(**{what: {"mmap-rx": lambda: mmap(PROT_READ | PROT_EXEC),
     ("what", "promises", "syscall", "promise"),
     [
         ("mmap-rx", "stdio rpath", "mmap", "prot_exec"),
-        ("mmap-wx", "stdio rpath", "mmap", None),
-        ("mmap-wx", "stdio rpath prot_exec", "mmap", None),
+        # writable and executable at once: only 'jit' allows it (tests/test_messages.py)
+        ("mmap-wx", "stdio rpath", "mmap", "jit"),
+        ("mmap-wx", "stdio rpath prot_exec", "mmap", "jit"),
         ("mprotect-rx", "stdio rpath", "mprotect", "prot_exec"),
-        ("mprotect-wx", "stdio rpath prot_exec", "mprotect", None),
+        ("mprotect-wx", "stdio rpath prot_exec", "mprotect", "jit"),
     ],
 )
 def test_wx_memory_refused(

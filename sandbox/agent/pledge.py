@@ -196,7 +196,7 @@ def _install_local(new: frozenset[str]) -> None:
         rules_for(new),
         violation=seccomp.KERNEL_ACTIONS.get(violation, "kill"),
         self_pid=os.getpid(),
-        never_action="kill",
+        never_action=seccomp.NEVER_KERNEL_ACTIONS.get(violation, "kill"),
     )
     apply(Steps(seccomp=seccomp.to_bpf(filt), tsync=True))
 

@@ -29,6 +29,8 @@ def explain_json(policy: Policy, feats: Features | None = None) -> dict[str, Any
         "lock": policy.lock,
         "violation": policy.violation,
         "promises": {p: _syscalls_of(p) for p in sorted(policy.pledge)},
+        # What the promises held give up (jit: W^X), said where it is decided.
+        "weakens": {p: PROMISES[p].weakens for p in sorted(policy.pledge) if PROMISES[p].weakens},
         "execpromises": None if policy.execpromises is None else sorted(policy.execpromises),
         "capabilities": sorted(f"{r}:{right}" for r, right in policy.capabilities),
         "unveil": [
@@ -87,6 +89,8 @@ def explain_text(policy: Policy, feats: Features | None = None) -> str:
         out.append(f"{promise:<12} {', '.join(calls) if calls else '(paths only)'}")
     if data["execpromises"] is not None:
         out.append(f"execpromises {' '.join(data['execpromises']) or '(none)'}")
+    for promise, text in data["weakens"].items():
+        out.append(f"WEAKENS      {promise}: {text}")
     if data["capabilities"]:
         out += ["", "CAPABILITY (performed by the parent)"]
         out += [f"  {c}" for c in data["capabilities"]]

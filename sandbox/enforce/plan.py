@@ -217,7 +217,9 @@ def compile_plan(policy: Policy, feats: Features, environ: Mapping[str, str] | N
         )
 
     noexec: tuple[str, ...] = ()
-    if "prot_exec" not in policy.pledge:
+    # With prot_exec or jit the agent can run code it writes into memory anyway: noexec
+    # mounts would then cost root (a mount namespace) and protect nothing.
+    if not policy.pledge & {"prot_exec", "jit"}:
         present = [u for u in unveils if os.path.exists(u.path)]
         # Directories and regular files only: a device such as /dev/null: rw stays as is.
         writable = sorted(

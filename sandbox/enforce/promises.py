@@ -18,12 +18,21 @@ Semantics of a rule set:
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from sandbox.enforce import syscalls as S
-from sandbox.enforce.rules import SELF_PID, Arg, Rule, RuleAction, rule_matches
+from sandbox.enforce.rules import (
+    SELF_PID,
+    Arg,
+    Rule,
+    RuleAction,
+    arg_matches,
+    match,
+    rule_matches,
+)
 from sandbox.protocol import BROKER_FD
 
 
@@ -32,6 +41,9 @@ class Promise:
     name: str
     summary: str
     rules: tuple[Rule, ...]
+    # What holding it gives up, said by `sandbox promises` and `sandbox explain` (empty for
+    # promises that only grant what they name).
+    weakens: str = ""
 
 
 # --- small constructors: the table reads as data ------------------------------------------
@@ -130,6 +142,11 @@ _THREAD_BITS = S.CLONE_THREAD | S.CLONE_VM | S.CLONE_SIGHAND
 _CLONE_THREAD = _r("clone", _bits(0, _THREAD_BITS | _CLONE_NEVER, _THREAD_BITS))
 _CLONE_FORK = _r("clone", _bits(0, S.CLONE_THREAD | _CLONE_NEVER, 0))
 _CLONE3_ENOSYS = _r("clone3", action="enosys")
+
+# Reflinks (cp's first try, then copy_file_range) and deduplication, between descriptors the
+# agent holds: the kernel checks that the destination was opened for writing and the source
+# for reading (dedupe: writable, or owned), and those opens were Landlock's to check.
+_CLONE_IOCTLS = (S.FICLONE, S.FICLONERANGE, S.FIDEDUPERANGE)
 
 _STDIO_IOCTLS = (S.FIONREAD, S.FIONBIO, S.FIOCLEX, S.FIONCLEX, S.TCGETS, S.TIOCGWINSZ)
 _TTY_IOCTLS = (
@@ -259,8 +276,8 @@ _DNS = (
 )
 
 
-def _promise(name: str, summary: str, *rules: Rule) -> tuple[str, Promise]:
-    return name, Promise(name, summary, tuple(rules))
+def _promise(name: str, summary: str, *rules: Rule, weakens: str = "") -> tuple[str, Promise]:
+    return name, Promise(name, summary, tuple(rules), weakens)
 
 
 PROMISES: Mapping[str, Promise] = MappingProxyType(
@@ -281,10 +298,12 @@ PROMISES: Mapping[str, Promise] = MappingProxyType(
             ),
             _promise(
                 "wpath",
-                "open existing files for writing (O_TRUNC included); truncate paths",
+                "open existing files for writing (O_TRUNC included); truncate paths; share "
+                "data between open files (FICLONE, FICLONERANGE, FIDEDUPERANGE)",
                 *_WPATH_OPENS,
                 _OPENAT2_ENOSYS,
                 *_calls("truncate", "getcwd"),
+                *_each("ioctl", 1, _CLONE_IOCTLS),
             ),
             _promise(
                 "cpath",
@@ -430,6 +449,26 @@ PROMISES: Mapping[str, Promise] = MappingProxyType(
                 # A memfd can be written and then mapped PROT_EXEC (the seal only stops
                 # execve of it), so memfd_create belongs here, not in stdio.
                 _r("memfd_create", _bits(1, S.MFD_NOEXEC_SEAL | S.MFD_EXEC, S.MFD_NOEXEC_SEAL)),
+                weakens="W^X in part: code the agent writes into memory can be made "
+                "executable afterwards (never while it is still writable)",
+            ),
+            # Extra (SPEC section 5): JIT compilers write code and run it in the same pages.
+            # V8 (node 20) mprotects anonymous pages to PROT_READ|PROT_WRITE|PROT_EXEC; the
+            # JVM and LuaJIT mmap them so. A filter cannot see what a range of mprotect
+            # maps, so mprotect takes any protection; a file mapping stays bounded by how
+            # the file was opened (PROT_WRITE on a shared mapping needs a writable
+            # descriptor) and, without jit and prot_exec, by noexec mounts.
+            _promise(
+                "jit",
+                "writable and executable anonymous memory, for JIT compilers (node, the JVM, "
+                "LuaJIT): anonymous mmap with any protection, mprotect and pkey_mprotect to "
+                "any protection",
+                _r("mmap", _bits(3, S.MAP_ANONYMOUS, S.MAP_ANONYMOUS)),
+                _r("mprotect"),
+                _r("pkey_mprotect"),
+                weakens="W^X: memory may be writable and executable at once, so code that "
+                "the agent (or an exploit of it) writes runs without asking again; writable "
+                "paths are no longer mounted noexec (the agent can run what it writes anyway)",
             ),
             _promise(
                 "id",
@@ -631,19 +670,12 @@ def rules_for(promises: Iterable[str]) -> list[Rule]:
 _LAST_RESORT = frozenset({"tmppath"})
 
 
-def promise_for(
-    syscall: str, args: Sequence[int], *, self_pid: int | None = None, have: Iterable[str] = ()
+def _missing(
+    syscall: str, args: Sequence[int], held: frozenset[str], self_pid: int | None
 ) -> str | None:
-    """The promises missing for this call, space-separated in table order ("wpath",
-    "cpath wpath"): the fewest beyond `have` (what the caller holds), the narrow ones before
-    tmppath. None if no promise ever allows the call.
-
-    Without `self_pid`, conditions on the caller's own pid do not match (kill(self) then
-    reports 'proc', which is sufficient though not necessary).
-    """
-    if syscall in NEVER or any(rule_matches(r, syscall, args) for r, _ in NEVER_ARGS):
-        return None
-    held = frozenset(have)
+    """The fewest promises beyond `held` whose rows allow the call (the narrow ones before
+    tmppath), in table order; else those of a row that answers it otherwise (notify,
+    enosys); None if no row of any promise matches."""
     best: list[str] | None = None
     best_key: tuple[bool, int, int] | None = None
     for name, promise in PROMISES.items():
@@ -661,6 +693,170 @@ def promise_for(
                     return " ".join(_canonical({name, *rule.also}))
         return None
     return " ".join(best)
+
+
+# --- hints: the promise that fits, where the rows alone would name another --------------------
+
+
+@dataclass(frozen=True)
+class Hint:
+    """A refused call whose fix is not what its rows name: glibc's nscd probe is a unix
+    socket, but the program wanted a user name (getpw) or a host name (dns).
+
+    For messages and records only: the parent decides every call by the rules, never by a
+    hint, so a hint may read the agent's memory (a path, clone3's struct) although the agent
+    can change it.
+    """
+
+    # the call (any of these rules), with conditions on its registers or on the fields of
+    # `view` (condition i on field i)
+    rules: tuple[Rule, ...]
+    promise: str  # what fits
+    note: str = ""  # said after it, in the message and the record
+    view: str = "args"  # "args": the registers; a name of syscalls.VIEWS: those fields
+    paths: tuple[str, ...] = ()  # the call's path argument is one of these, or beneath one
+
+
+_NSCD_SOCKET = S.SOCK_STREAM | S.SOCK_CLOEXEC | S.SOCK_NONBLOCK
+_STAT_CALLS = (
+    "stat", "lstat", "newfstatat", "statx", "access", "faccessat", "faccessat2", "readlink",
+    "readlinkat",
+)  # fmt: skip
+
+
+def _file_hints() -> tuple[Hint, ...]:
+    """Opening or inspecting a file that a promise brings (IMPLIED_UNVEILS) names that promise.
+
+    /tmp (tmppath) and /proc (ps) are left out: too much else lives there.
+    """
+    owners: dict[tuple[str, str], list[str]] = {}
+    for promise, files in IMPLIED_UNVEILS.items():
+        if promise in ("tmppath", "ps"):
+            continue
+        for path, perms in files:
+            owners.setdefault((path, perms), []).append(promise)
+    hints: list[Hint] = []
+    for (path, perms), promises in owners.items():
+        note = f"or {' or '.join(repr(p) for p in promises[1:])}" if promises[1:] else ""
+        if "w" in perms:  # /dev/tty: opened for reading and writing, never created
+            opens = _opens(S.O_CREAT | S.O_TMPFILE_BIT, 0)
+        else:
+            opens = _opens(_OPEN_MODE_MASK, S.O_RDONLY)
+        hints.append(Hint((*opens, *_calls(*_STAT_CALLS)), promises[0], note, paths=(path,)))
+    return tuple(hints)
+
+
+HINTS: tuple[Hint, ...] = (
+    # glibc asks nscd (socket(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC|SOCK_NONBLOCK)) before it
+    # reads passwd, group or hosts; 'getpw' and 'dns' fail that socket with ENOSYS.
+    Hint(
+        (_r("socket", _eq(0, S.AF_UNIX), _eq(1, _NSCD_SOCKET), _eq(2, 0)),),
+        "getpw",
+        "glibc asking nscd: 'getpw' for users and groups, 'dns' for host names",
+    ),
+    # Executable memory without writing: prot_exec is enough, unless the program is a JIT,
+    # whose next call makes the same pages writable and executable at once.
+    Hint(
+        (
+            _r("mmap", _bits(2, _W_X, S.PROT_EXEC), _bits(3, S.MAP_ANONYMOUS, S.MAP_ANONYMOUS)),
+            _r("mprotect", _bits(2, _W_X, S.PROT_EXEC)),
+            _r("pkey_mprotect", _bits(2, _W_X, S.PROT_EXEC)),
+        ),
+        "prot_exec",
+        "or 'jit' for a JIT compiler: node, the JVM, LuaJIT",
+    ),
+    # glibc's pthread_create tries clone3 first; its flags are in a struct.
+    Hint((_r("clone3", _bits(0, S.CLONE_THREAD, S.CLONE_THREAD)),), "thread", view="clone_args"),
+    Hint((_r("clone3", _bits(0, S.CLONE_THREAD, 0)),), "proc", view="clone_args"),
+    # connect, bind and sendto are rows of both inet and unix; the address says which.
+    Hint(
+        tuple(_r(call, _eq(0, S.AF_UNIX)) for call in ("connect", "bind", "sendto")),
+        "unix",
+        view="sockaddr",
+    ),
+    *_file_hints(),
+)
+
+
+def _hint_applies(hint: Hint, syscall: str, args: Sequence[int], mem: S.Memory | None) -> bool:
+    rules = [r for r in hint.rules if r.syscall == syscall]
+    if not rules:
+        return False
+    values: Sequence[int] = args
+    if hint.view != "args":
+        fields = S.view_of(hint.view, syscall, args, mem)
+        if fields is None:
+            return False
+        values = fields
+    if not any(all(arg_matches(a, values) for a in r.args) for r in rules):
+        return False
+    if hint.paths:
+        path = S.path_of(syscall, args, mem)
+        if path is None or not path.startswith("/"):
+            return False
+        path = posixpath.normpath(path)
+        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in hint.paths)
+    return True
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """What a refused call needs: `promise` (the promises missing, space-separated) or None
+    if nothing ever allows it; `note` says more (which promise fits what, why never)."""
+
+    promise: str | None
+    note: str | None = None
+
+
+def refusal(
+    syscall: str,
+    args: Sequence[int],
+    *,
+    self_pid: int | None = None,
+    have: Iterable[str] = (),
+    mem: S.Memory | None = None,
+) -> Refusal:
+    """Why this call is refused to a holder of `have`, for the message and the record.
+
+    The rows name the fewest promises missing (promise_for); a hint whose promise is not
+    held overrides them where it fits better (getpw for nscd's socket, thread for a
+    thread's clone3, tty for /dev/tty, dns for the resolver's files), together with what
+    the rows still need once it is held. With `mem`, hints may read the caller's memory.
+    """
+    if syscall in NEVER:
+        return Refusal(None, NEVER[syscall])
+    for rule, why in NEVER_ARGS:
+        if rule_matches(rule, syscall, args):
+            return Refusal(None, why)
+    held = frozenset(have)
+    for hint in HINTS:
+        if hint.promise in held or not _hint_applies(hint, syscall, args, mem):
+            continue
+        with_hint = held | {hint.promise}
+        need = {hint.promise}
+        if match(rules_for(with_hint), syscall, args, self_pid=self_pid) is None:
+            need.update((_missing(syscall, args, with_hint, self_pid) or "").split())
+        return Refusal(" ".join(_canonical(need)), hint.note or None)
+    return Refusal(_missing(syscall, args, held, self_pid))
+
+
+def promise_for(
+    syscall: str,
+    args: Sequence[int],
+    *,
+    self_pid: int | None = None,
+    have: Iterable[str] = (),
+    mem: S.Memory | None = None,
+) -> str | None:
+    """The promises missing for this call, space-separated in table order ("wpath",
+    "cpath wpath"): the fewest beyond `have` (what the caller holds), the narrow ones before
+    tmppath, or the promise a hint names (see refusal). None if no promise ever allows the
+    call.
+
+    Without `self_pid`, conditions on the caller's own pid do not match (kill(self) then
+    reports 'proc', which is sufficient though not necessary).
+    """
+    return refusal(syscall, args, self_pid=self_pid, have=have, mem=mem).promise
 
 
 # --- describing the table ----------------------------------------------------------------------
@@ -753,6 +949,11 @@ def _fmt_value(syscall: str, index: int, value: int, *, mask: bool = False) -> s
     return S.format_value(kind, value)
 
 
+_OP_SIGNS: Mapping[str, str] = MappingProxyType(
+    {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+)
+
+
 def describe_rule(rule: Rule) -> str:
     """`syscall: condition AND condition` in words, e.g. for `sandbox promises`."""
     conds = []
@@ -769,7 +970,7 @@ def describe_rule(rule: Rule) -> str:
                 value = _fmt_value(rule.syscall, a.index, a.value)
                 conds.append(f"{name} & ({mask}) == {value}")
         else:
-            op = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[a.op]
+            op = _OP_SIGNS[a.op]
             conds.append(f"{name} {op} {_fmt_value(rule.syscall, a.index, a.value)}")
     text = rule.syscall + (": " + " and ".join(conds) if conds else "")
     if rule.also:
@@ -791,6 +992,7 @@ def describe() -> list[dict[str, object]]:
                 "summary": p.summary,
                 "syscalls": [describe_rule(r) for r in p.rules],
                 "unveils": [f"{path}:{perms}" for path, perms in IMPLIED_UNVEILS.get(p.name, ())],
+                "weakens": p.weakens or None,
             }
         )
     out.append(
@@ -804,8 +1006,57 @@ def describe() -> list[dict[str, object]]:
     never = [f"{name}: {why}" for name, why in NEVER.items()]
     never += [f"{describe_rule(r)}: {why}" for r, why in NEVER_ARGS]
     never.append("any call of a foreign architecture (i386 int 0x80, x32): the process is killed")
-    out.append({"promise": "(never)", "summary": "never allowed", "syscalls": never, "unveils": []})
+    out.append(
+        {
+            "promise": "(never)",
+            "summary": "never allowed: refused with EPERM (killed under violation: kill)",
+            "syscalls": never,
+            "unveils": [],
+        }
+    )
+    out.append(
+        {
+            "promise": "(hints)",
+            "summary": "refused calls reported as needing another promise than their rows name "
+            "(for messages only)",
+            "syscalls": _describe_hints(),
+            "unveils": [],
+        }
+    )
     return out
+
+
+def _describe_hints() -> list[str]:
+    out: list[str] = []
+    files: dict[tuple[str, str], list[str]] = {}  # (promise, note) -> paths, in table order
+    for h in HINTS:
+        if h.paths:
+            files.setdefault((h.promise, h.note), []).extend(h.paths)
+            continue
+        if h.view != "args":
+            fields = S.VIEWS[h.view]
+            what = " or ".join(
+                f"{r.syscall}: "
+                + " and ".join(_describe_field(h.view, fields[a.index], a) for a in r.args)
+                for r in h.rules
+            )
+        else:
+            what = " or ".join(describe_rule(r) for r in h.rules)
+        out.append(f"{what}: '{h.promise}'" + (f" ({h.note})" if h.note else ""))
+    for (promise, note), paths in files.items():
+        out.append(
+            f"open, stat, access or readlink of {' '.join(paths)}: '{promise}'"
+            + (f" ({note})" if note else "")
+        )
+    return out
+
+
+def _describe_field(struct: str, field: str, a: Arg) -> str:
+    kind = S.field_kind(struct, field)
+    value = S.format_value(kind, a.value)
+    if a.op == "masked_eq":
+        return f"{struct}.{field} & {S.format_value(kind, a.mask)} == {value}"
+    return f"{struct}.{field} {_OP_SIGNS[a.op]} {value}"
 
 
 def format_table(width: int = 100) -> str:
@@ -825,6 +1076,13 @@ def format_table(width: int = 100) -> str:
         unveils = [str(u) for u in entry["unveils"]]  # type: ignore[attr-defined]
         if unveils:
             lines.append(f"    unveils (added by the launcher): {' '.join(unveils)}")
+        if entry.get("weakens"):
+            lines += textwrap.wrap(
+                f"weakens: {entry['weakens']}",
+                width,
+                initial_indent="    ",
+                subsequent_indent="      ",
+            )
         lines.append("")
     return "\n".join(lines)
 

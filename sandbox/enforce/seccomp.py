@@ -29,11 +29,14 @@ if TYPE_CHECKING:
     import pyseccomp
 
 ViolationAction = Literal["notify", "kill", "errno", "log"]
-NeverAction = Literal["notify", "kill"]
+NeverAction = Literal["notify", "kill", "errno"]
 
 # A policy's `violation:` as the kernel's own action, where no listener decides (library
 # use, narrowing pledges, best_effort without user notification); unknown -> kill.
 KERNEL_ACTIONS: dict[str, ViolationAction] = {"kill": "kill", "errno": "errno", "log": "log"}
+# ... and the action for never-allowed calls then: they are never performed, so under
+# `log` too they fail with EPERM; only `kill` kills.
+NEVER_KERNEL_ACTIONS: dict[str, NeverAction] = {"kill": "kill", "errno": "errno", "log": "errno"}
 
 
 # --- loading pyseccomp quickly ----------------------------------------------------------------

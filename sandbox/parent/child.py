@@ -95,7 +95,7 @@ def _lock(plan: Plan, sock: socket.socket, bpf: bytes) -> None:
             plan.rules,
             violation=seccomp.KERNEL_ACTIONS[plan.policy.violation],
             self_pid=os.getpid(),
-            never_action="kill",
+            never_action=seccomp.NEVER_KERNEL_ACTIONS[plan.policy.violation],
         )
         listener = apply(
             replace(steps, landlock=plan.landlock, seccomp=seccomp.to_bpf(kernel_filter))

@@ -48,10 +48,15 @@ if TYPE_CHECKING:
 
 VIOLATION_EXIT = 128 + signal.SIGSYS  # 159
 HANDSHAKE_TIMEOUT = child.HANDSHAKE_TIMEOUT
-TERMINATING = frozenset({signal.SIGTERM, signal.SIGHUP})
-# The terminal's ^C and ^\ reach the agent directly (same process group); the launcher
-# outlives them to record the exit. TERM and HUP to the launcher end the agent.
-WATCHED_SIGNALS = (signal.SIGINT, signal.SIGQUIT, *TERMINATING)
+# Signals to the launcher that ask the agent to stop: forwarded to the agent, which may exit
+# cleanly (the launcher's status is then the agent's). If it has not exited STOP_GRACE
+# seconds later, or a second one arrives, its whole tree is killed.
+FORWARDED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+STOP_GRACE = 5.0  # seconds; SPEC section 9's default `shutdown` for the agent system
+# A terminal sends SIGINT (^C), SIGQUIT (^\) and SIGHUP (hang-up) to its whole foreground
+# process group, the agent included: those the launcher does not forward again.
+FROM_TERMINAL = frozenset({signal.SIGINT, signal.SIGQUIT, signal.SIGHUP})
+WATCHED_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
@@ -89,8 +94,11 @@ def run(
     *,
     environ: Mapping[str, str] | None = None,
     feats: Features | None = None,
+    stop_grace: float = STOP_GRACE,
 ) -> RunResult:
-    """`sandbox run`: launch one agent and serve it until it exits."""
+    """`sandbox run`: launch one agent and serve it until it exits. SIGTERM, SIGINT and
+    SIGHUP to the launcher are forwarded to the agent (see Launch.stop), which has
+    `stop_grace` seconds to exit."""
     feats = probe() if feats is None else feats
     plan = compile_plan(policy, feats, environ)
     check_enforceable(plan)
@@ -110,8 +118,10 @@ def run(
             loop.stop()
 
         def on_signals(got: set[int]) -> None:
-            if got & TERMINATING:
-                launch.terminate("launcher received a termination signal")
+            for sig in sorted(got & FORWARDED):
+                if sig in FROM_TERMINAL and _terminal_reaches_agent():
+                    continue  # the agent got it from the terminal itself
+                launch.stop(sig, stop_grace)
 
         try:
             launch.start(loop, finished)
@@ -145,6 +155,8 @@ class Launch:
         self._timers: list[Timer] = []
         self._exec_error: list[str] = []
         self._on_exit: Callable[[RunResult], None] = lambda _: None
+        self._pidfd = -1  # the agent itself: signals reach it, never a recycled pid
+        self._stopping: int | None = None  # the signal of a stop() in progress
 
     # ------------------------------------------------------------------ start
 
@@ -212,6 +224,8 @@ class Launch:
             if self._cg is not None:
                 self._cg.add(rp.pid)  # before the agent exists: everything it starts counts
             self.pid = rp.release()
+            # The agent waits for "go": its pid cannot have been recycled yet.
+            self._pidfd = os.pidfd_open(self.pid)
             self.audit.record(
                 "start",
                 pid=self.pid,
@@ -334,6 +348,32 @@ class Launch:
 
     # ------------------------------------------------------------------ ending
 
+    def stop(self, sig: int = signal.SIGTERM, grace: float = STOP_GRACE) -> None:
+        """Ask the agent to stop with `sig` (it may exit cleanly; its status is then the
+        launch's); kill its whole tree if it has not exited within `grace` seconds, or at
+        once when asked a second time. The wall-clock limit holds meanwhile."""
+        if self._loop is None or not self.pid:
+            return
+        name = signal.Signals(sig).name
+        if self._stopping is not None:
+            first = signal.Signals(self._stopping).name
+            self.terminate(f"{name} after {first}: killed without waiting", say=True)
+            return
+        self._stopping = sig
+        self.reason = f"{name} to the launcher, forwarded to the agent"
+        try:
+            signal.pidfd_send_signal(self._pidfd, sig)
+        except OSError:
+            return  # it has exited already; its status is on its way
+        self._timers.append(
+            self._loop.call_at(
+                _now() + grace,
+                lambda: self.terminate(
+                    f"did not exit within {grace:g}s of {name}: killed", say=True
+                ),
+            )
+        )
+
     def terminate(self, reason: str, *, say: bool = False) -> None:
         """End the agent's whole tree for `reason` (recorded in its exit record)."""
         self.reason = reason
@@ -382,6 +422,9 @@ class Launch:
             with contextlib.suppress(OSError):
                 os.close(self._listener)
             self._listener = None
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
         if self._broker is not None:
             self._broker.close()
         elif self._sock is not None:
@@ -392,6 +435,19 @@ def _now() -> float:
     import time
 
     return time.monotonic()
+
+
+def _terminal_reaches_agent() -> bool:
+    """Whether the launcher's process group (which the agent shares) is the foreground
+    group of its controlling terminal: then a terminal's ^C or hang-up reached the agent
+    directly, and forwarding it would deliver it twice. A SIGINT sent with kill(1) to the
+    launcher alone while it runs in the foreground is then not forwarded either (the
+    launcher cannot tell the two apart without siginfo)."""
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            if os.isatty(fd):
+                return os.tcgetpgrp(fd) == os.getpgrp()
+    return False
 
 
 def _handshake(sock: socket.socket, plan: Plan) -> tuple[int | None, int | None]:

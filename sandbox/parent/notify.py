@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 from sandbox import procfs
 from sandbox.enforce import seccomp
 from sandbox.enforce.plan import EXEC_SYSCALLS, Plan
-from sandbox.enforce.promises import NEVER, promise_for
+from sandbox.enforce.promises import refusal
 from sandbox.enforce.rules import match
-from sandbox.enforce.syscalls import decode_args
+from sandbox.enforce.syscalls import Memory, decode_args
 from sandbox.parent.audit import AuditError, AuditLog
 
 if TYPE_CHECKING:
@@ -108,9 +108,7 @@ class Supervisor:
         if handler == "execpromises":
             if self._under_execpromises(n.pid):
                 exe = self.plan.policy.execpromises or frozenset()
-                self.violation(
-                    n, name, args, promise_for(name, args, have=exe), note="not in execpromises"
-                )
+                self.refuse(n, name, args, exe, note="not in execpromises")
             else:
                 seccomp.respond(self.listener, n.id, continue_=True)
             return
@@ -121,15 +119,27 @@ class Supervisor:
             if target == _own_ns_tgid(n.pid):
                 seccomp.respond(self.listener, n.id, continue_=True)
             else:
-                self.violation(n, name, args, promise_for(name, args, have=self.plan.policy.pledge))
+                self.refuse(n, name, args, self.plan.policy.pledge)
             return
         if handler == "dns" and self.dns is not None:
             self._emulate_dns(n, name, args)
             return
-        if name in NEVER:
-            self.violation(n, name, args, None)
-            return
-        self.violation(n, name, args, promise_for(name, args, have=self.plan.policy.pledge))
+        self.refuse(n, name, args, self.plan.policy.pledge)
+
+    def refuse(
+        self,
+        n: seccomp.Notification,
+        name: str,
+        args: list[int],
+        have: frozenset[str],
+        note: str | None = None,
+    ) -> None:
+        """A violation worded by the promise table: the promises missing beyond `have`, or
+        the hint that fits better (read from the agent's memory, for the message only)."""
+        with Memory(n.pid) as mem:
+            why = refusal(name, args, have=have, mem=mem)
+            notes = "; ".join(x for x in (note, why.note) if x) or None
+            self.violation(n, name, args, why.promise, note=notes, mem=mem)
 
     def _lock_record(self, pid: int) -> bool:
         pol = self.plan.policy
@@ -179,11 +189,15 @@ class Supervisor:
         args: list[int],
         promise: str | None,
         note: str | None = None,
+        mem: Memory | None = None,
     ) -> None:
+        """Record the refused call, then apply the policy's `violation:`. A call no promise
+        allows (`promise` None) is never performed: under errno and log it fails with EPERM
+        (recorded as action errno), under kill the agent is killed."""
         pol = self.plan.policy
         never = promise is None
-        action = "kill" if never else pol.violation
-        call = decode_args(name, args, pid=n.pid)  # "name(a, b, ...)"
+        action = ("kill" if pol.violation == "kill" else "errno") if never else pol.violation
+        call = decode_args(name, args, pid=n.pid, mem=mem)  # "name(a, b, ...)"
         fields = {
             "pid": n.pid,
             "syscall": name,
@@ -200,8 +214,9 @@ class Supervisor:
             print(f"sandbox: audit log failed ({e}); ending {pol.name}", file=sys.stderr)
             action = "kill"
         if action == "kill":
+            # SPEC's line; a never-allowed call's reason is in its record's note
             what = "is never allowed" if never else f"needs '{promise}'"
-            if note:
+            if note and not never:
                 what += f" ({note})"
             print(f"sandbox: {pol.name}[{n.pid}]: pledge violation: {call} {what}", file=sys.stderr)
             self.killed_for_violation = True
@@ -209,5 +224,6 @@ class Supervisor:
             return
         if action == "errno":
             seccomp.respond(self.listener, n.id, error=errno.EPERM)
-        else:  # log: learning mode, the call goes through (recorded above)
+        else:  # log: learning mode, the call goes through (recorded above); never a NEVER one
+            assert not never
             seccomp.respond(self.listener, n.id, continue_=True)
