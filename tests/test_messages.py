@@ -231,9 +231,9 @@ def test_dev_tty_names_tty_not_just_wpath(box: Box) -> None:
     assert rec["args"].startswith('AT_FDCWD, "/dev/tty", O_RDWR|O_CLOEXEC'), rec
 
 
-def _in_pty(argv: Sequence[str], *, cwd: Path) -> tuple[int, bytes]:
-    """Run `argv` as the session leader of a new pseudo-terminal (its controlling terminal);
-    return its exit status and everything it wrote to the terminal."""
+def _pty_popen(argv: Sequence[str], cwd: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start `argv` as the session leader of a new pseudo-terminal, its controlling
+    terminal (stdin, stdout and stderr); returns the process and the terminal's master."""
     master, slave = pty.openpty()
 
     def controlling_tty() -> None:
@@ -250,6 +250,13 @@ def _in_pty(argv: Sequence[str], *, cwd: Path) -> tuple[int, bytes]:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     os.close(slave)
+    return proc, master
+
+
+def _in_pty(argv: Sequence[str], *, cwd: Path) -> tuple[int, bytes]:
+    """Run `argv` as the session leader of a new pseudo-terminal (its controlling terminal);
+    return its exit status and everything it wrote to the terminal."""
+    proc, master = _pty_popen(argv, cwd)
     out = b""
     try:
         while True:
@@ -933,24 +940,9 @@ def test_terminal_interrupt_is_not_delivered_twice(tmp_path: Path) -> None:
         print("interrupts:", len(got), flush=True)
         """
     )
-    master, slave = pty.openpty()
-
-    def controlling_tty() -> None:
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
     argv = [PY, "-m", "sandbox", "run", "-p", "stdio rpath", "-v", "@python:rx"]
     argv += ["-v", "@system:rx", "--audit-log", str(tmp_path / "a.jsonl"), "--", PY, "-c", code]
-    proc = subprocess.Popen(
-        argv,
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        start_new_session=True,
-        preexec_fn=controlling_tty,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    os.close(slave)
+    proc, master = _pty_popen(argv, tmp_path)
     try:
         out = _read_until(master, b"ready", b"")
         os.write(master, b"\x03")  # ^C: the terminal signals its foreground group
