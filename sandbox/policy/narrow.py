@@ -91,12 +91,20 @@ def narrow(base: Policy | None, promises: str | None, unveils: list[str]) -> Pol
     a UsageError.
     """
     cwd = os.getcwd()
-    unveil_list = [u for spec in unveils for u in _parse_cli_unveils(spec, cwd)]
-    seen: set[str] = set()
-    for u in unveil_list:
-        if u.path in seen:
-            raise UsageError(f"-v: '{u.path}' is given twice")
-        seen.add(u.path)
+    # A path given twice is a mistake, unless a path set brought it: @python is /usr for a
+    # distribution's interpreter, which @system names too. Then the letters are merged.
+    merged: dict[str, Unveil] = {}
+    literal: set[str] = set()
+    for spec in unveils:
+        from_set = spec.startswith("@")
+        for u in _parse_cli_unveils(spec, cwd):
+            first = merged.get(u.path)
+            if first is not None and not from_set and u.path in literal:
+                raise UsageError(f"-v: '{u.path}' is given twice")
+            if not from_set:
+                literal.add(u.path)
+            merged[u.path] = u if first is None else Unveil(u.path, first.perms | u.perms)
+    unveil_list = list(merged.values())
     if base is None:
         if promises is None:
             raise UsageError(
