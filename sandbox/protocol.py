@@ -30,6 +30,9 @@ ENV_BROKER_FD = "SANDBOX_BROKER_FD"  # the channel's descriptor number (BROKER_F
 ENV_AGENT = "SANDBOX_AGENT"  # the policy's name
 ENV_LOCK = "SANDBOX_LOCK"  # "agent" when the parent waits for the agent to lock itself
 ENV_VIOLATION = "SANDBOX_VIOLATION"  # the policy's violation mode, for narrowing pledges
+# landlock_restrict_self() flags for the agent's own lock (lock: agent): set when the
+# parent reads Landlock's audit records, so refusals after an exec are logged too.
+ENV_LANDLOCK_FLAGS = "SANDBOX_LANDLOCK_FLAGS"
 
 # Request ids of messages that are not requests of the agent's own numbering.
 HANDSHAKE_ID = 0

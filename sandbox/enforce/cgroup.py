@@ -5,19 +5,22 @@ per process: neither limits a tree. A cgroup does, whatever the uids inside it, 
 gives the parent a reliable list of every process to kill at the end (the agent cannot
 leave it: cgroup files are outside every unveil and need privileges it has dropped).
 
-cgroup v2 is used where the controllers are enabled in a hierarchy we may write (delegation);
-otherwise v1 hierarchies, which need root (as on the CI machine).
+cgroup v2 is used where this launcher may create a cgroup with the memory and pids
+controllers (a delegated subtree, found by sandbox.enforce.kernel.delegated_cgroup_v2: a
+systemd user scope with Delegate=yes, for example); otherwise v1 hierarchies, which need
+root (as on the CI machine, whose v2 hierarchy has no controllers).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import time
 from dataclasses import dataclass, field
 
-from sandbox.enforce.kernel import Features
+from sandbox.enforce.kernel import CGROUP_DELEGATE_HINT, Features
 from sandbox.errors import SetupError
 
 V1_ROOT = "/sys/fs/cgroup"
@@ -132,8 +135,10 @@ def create(
     costs ~4 ms of launch time.
     """
     leaf = f"outheis-sandbox-{name}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
-    if feats.cgroup_v2_path and {"pids", "memory"} <= feats.cgroup_v2:
-        return _create_v2(feats.cgroup_v2_path, leaf, memory, processes)
+    if feats.cgroup_v2_place is not None:
+        return _create_v2(
+            feats.cgroup_v2_place, feats.cgroup_v2_move_launcher, leaf, memory, processes
+        )
     needs = {
         "pids": tracking or processes is not None,
         "memory": memory is not None,
@@ -144,7 +149,7 @@ def create(
     if missing:
         raise SetupError(f"cgroup controllers not available: {', '.join(missing)}")
     if not feats.root:
-        raise SetupError("cgroup v1 limits need root (no delegated cgroup v2 with pids and memory)")
+        raise SetupError(f"cgroup limits: {feats.cgroups_refused}")
     cg = Cgroup(version=1)
     try:
         for ctrl in wanted:
@@ -170,10 +175,41 @@ def create(
     return cg
 
 
-def _create_v2(root: str, leaf: str, memory: int | None, processes: int | None) -> Cgroup:
-    own = _own_path("") or "/"
-    d = os.path.join(root, own.lstrip("/"), leaf)
+# Set once this launcher has moved itself into a leaf of its own delegated cgroup: later
+# agents' cgroups go beside that leaf, under the cgroup that now distributes the controllers.
+_moved_into: str | None = None
+
+
+def _leave_own_cgroup(place: str) -> None:
+    """Move this process into a leaf of `place` and enable memory and pids for the children
+    of `place` (a cgroup with processes in it cannot: the no-internal-process rule)."""
+    global _moved_into
+    if _moved_into is not None:
+        return
+    leaf = os.path.join(place, f"outheis-sandbox-launcher-{os.getpid()}")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(leaf, 0o755)
+    _write(os.path.join(leaf, "cgroup.procs"), str(os.getpid()))
     try:
+        _write(os.path.join(place, "cgroup.subtree_control"), "+memory +pids")
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            raise SetupError(
+                f"cgroup v2: other processes share the launcher's cgroup {place}, so it "
+                f"cannot hand memory and pids to children; start sandbox in a scope of its "
+                f"own: {CGROUP_DELEGATE_HINT}"
+            ) from e
+        raise
+    _moved_into = place
+
+
+def _create_v2(
+    place: str, move_launcher: bool, leaf: str, memory: int | None, processes: int | None
+) -> Cgroup:
+    d = os.path.join(place, leaf)
+    try:
+        if move_launcher:
+            _leave_own_cgroup(place)
         os.mkdir(d, 0o700)
         cg = Cgroup(dirs={"pids": d, "memory": d}, version=2)
         if processes is not None:

@@ -127,18 +127,30 @@ def drop_bounding_set() -> None:
     _prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED, what="PR_SET_SECUREBITS")
 
 
+CAP_SETPCAP = 8
+
+
 def drop_capabilities() -> None:
-    """Empty every capability set, for root too, and lock the securebits.
+    """Empty every capability set the process can empty, for root too, and lock the
+    securebits where that is allowed.
 
     The bounding set and securebits go first (they need CAP_SETPCAP), the effective,
-    permitted and inheritable sets last.
+    permitted, inheritable and ambient sets last. An ordinary user without a user namespace
+    cannot touch its bounding set (no CAP_SETPCAP) and does not need to: it holds no
+    capability, and under no_new_privs (set before this step) no exec can add one (setuid
+    and file capabilities are ignored), so the bounding set bounds nothing. Root must
+    empty it (root regains capabilities through exec), and so does anyone with CAP_SETPCAP,
+    such as the agent inside its own user namespace.
     """
-    if _cap_line("CapBnd") and (os.geteuid() == 0 or _has_cap_effective(8)):
+    if _cap_line("CapBnd") and (os.geteuid() == 0 or _has_cap_effective(CAP_SETPCAP)):
         drop_bounding_set()
     _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, what="PR_CAP_AMBIENT_CLEAR_ALL")
     _capset_empty()
-    if _has_any_cap():
-        raise SetupError("capabilities remain after dropping them")
+    held = [f for f in ("CapEff", "CapPrm", "CapInh", "CapAmb") if _cap_line(f)]
+    if held:
+        raise SetupError(f"capabilities remain after dropping them ({', '.join(held)})")
+    if _cap_line("CapBnd") and (os.geteuid() == 0 or not no_new_privs()):
+        raise SetupError("the capability bounding set could not be emptied")
 
 
 def reset_signal_dispositions() -> None:
@@ -156,10 +168,6 @@ def _cap_line(field: str) -> int:
 
 def _has_cap_effective(cap: int) -> bool:
     return bool(_cap_line("CapEff") >> cap & 1)
-
-
-def _has_any_cap() -> bool:
-    return any(_cap_line(f) for f in ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb"))
 
 
 def _capset_empty() -> None:

@@ -98,6 +98,15 @@ FS_RIGHT_NAMES: Mapping[int, str] = MappingProxyType(
 )
 NET_ABI = 4
 SCOPE_ABI = 6
+LOG_ABI = 7  # landlock_restrict_self flags for audit records
+
+# landlock_restrict_self() flags (ABI 7). By default a domain's refusals are logged only
+# until its creator execs: the launcher's child always execs the command, so it asks for
+# the program's refusals to be logged too (when the launcher reads them, see
+# sandbox.parent.denials).
+RESTRICT_SELF_LOG_SAME_EXEC_OFF = 1 << 0
+RESTRICT_SELF_LOG_NEW_EXEC_ON = 1 << 1
+RESTRICT_SELF_LOG_SUBDOMAINS_OFF = 1 << 2
 
 # Rights that make sense on a file (not a directory): the kernel refuses others.
 FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV | RESOLVE_UNIX
@@ -159,6 +168,7 @@ class LandlockPlan:
     bind_ports: tuple[int, ...] = ()
     scopes: int = 0
     abi: int = 0  # the kernel's ABI the plan was made for
+    restrict_flags: int = 0  # landlock_restrict_self() flags (RESTRICT_SELF_LOG_*)
 
 
 def _libc() -> ctypes.CDLL:
@@ -194,7 +204,7 @@ def apply(plan: LandlockPlan) -> None:
             _add_port_rule(libc, rfd, NET_CONNECT_TCP, port)
         for port in plan.bind_ports:
             _add_port_rule(libc, rfd, NET_BIND_TCP, port)
-        _check(libc.syscall(SYS_RESTRICT_SELF, rfd, 0), "restrict_self")
+        _check(libc.syscall(SYS_RESTRICT_SELF, rfd, plan.restrict_flags), "restrict_self")
     finally:
         os.close(rfd)
 

@@ -18,7 +18,14 @@ from sandbox.enforce.promises import IMPLIED_UNVEILS, rules_for
 from sandbox.enforce.rules import SELF_PID, Rule
 from sandbox.errors import SetupError
 from sandbox.policy.model import Policy, Unveil
-from sandbox.protocol import BROKER_FD, ENV_AGENT, ENV_BROKER_FD, ENV_LOCK, ENV_VIOLATION
+from sandbox.protocol import (
+    BROKER_FD,
+    ENV_AGENT,
+    ENV_BROKER_FD,
+    ENV_LANDLOCK_FLAGS,
+    ENV_LOCK,
+    ENV_VIOLATION,
+)
 
 # Every exec reaches the parent: the first is the launcher's own exec of the command (the
 # lock moment), later ones need 'exec' and move the process under its execpromises.
@@ -59,6 +66,10 @@ class Plan:
     user_notif: bool = True
     degraded: tuple[str, ...] = field(default=())
     dns_relay: bool = False  # 'dns' without 'inet': own network namespace, parent relays DNS
+    pidns: bool = False  # the reaper is pid 1 of the agent's own pid namespace
+    userns: bool = False  # an ordinary user's launch: the namespaces live in a user namespace
+    landlock_audit: bool = False  # the parent reads Landlock's refusals from audit records
+    capabilities: str = "all dropped"
 
     @property
     def missing(self) -> list[Requirement]:
@@ -85,7 +96,12 @@ class Plan:
             "rlimits": {str(r): v for r, v in self.rlimits},
             "qos": self.policy.qos,
             "no_new_privs": True,
-            "capabilities": "all dropped",
+            "capabilities": self.capabilities,
+            "pid_namespace": self.pidns,
+            "user_namespace": "own uid and gid mapped onto themselves" if self.userns else None,
+            "landlock_refusals": "reported from audit records"
+            if self.landlock_audit
+            else "not reported (no audit records)",
             "not_enforced": list(self.degraded),
         }
 
@@ -214,7 +230,19 @@ def compile_plan(policy: Policy, feats: Features, environ: Mapping[str, str] | N
             bind_ports=net.bind if net and handled_net else (),
             scopes=scopes,
             abi=abi,
+            # Ask the kernel to log the program's refusals only when they are read.
+            restrict_flags=landlock.RESTRICT_SELF_LOG_NEW_EXEC_ON if feats.landlock_audit else 0,
         )
+
+    # The agent's pid, mount and network namespaces: root makes them directly, an ordinary
+    # user inside a user namespace of the agent's own (sandbox.parent.reaper).
+    namespaces = None if feats.namespaces else feats.namespaces_refused
+    pidns = need(
+        "pid namespace",
+        "nothing the agent starts outlives the launcher; the agent cannot see or signal "
+        "outside processes",
+        namespaces,
+    )
 
     noexec: tuple[str, ...] = ()
     # With prot_exec or jit the agent can run code it writes into memory anyway: noexec
@@ -235,24 +263,19 @@ def compile_plan(policy: Policy, feats: Features, environ: Mapping[str, str] | N
         writable = mounts.noexec_points(writable, others)
         if writable and need(
             "noexec writable paths",
-            "no executable mapping of a file the agent could have written",
-            None if feats.mount_ns else "needs root for a private mount namespace",
+            "no executable mapping of a file the agent could have written (a private "
+            "mount namespace)",
+            namespaces,
         ):
             noexec = tuple(writable)
 
     lim = policy.limits
-    if lim.memory is not None or lim.processes is not None:
-        can = ("pids" in feats.cgroup_v2 and "memory" in feats.cgroup_v2) or (
-            feats.root and {"pids", "memory"} <= feats.cgroup_v1
-        )
-        if not need(
-            "cgroup pids+memory",
-            "limits.processes / limits.memory for the whole process tree",
-            None
-            if can
-            else "no delegated cgroup v2 with pids and memory, and not root for cgroup v1",
-        ):
-            lim = replace(lim, memory=None, processes=None)
+    if (lim.memory is not None or lim.processes is not None) and not need(
+        "cgroup pids+memory",
+        "limits.processes / limits.memory for the whole process tree",
+        feats.cgroups_refused or None,
+    ):
+        lim = replace(lim, memory=None, processes=None)
 
     if policy.user is not None:
         need("root", f"user: {policy.user}", None if feats.root else "the launcher is not root")
@@ -264,7 +287,7 @@ def compile_plan(policy: Policy, feats: Features, environ: Mapping[str, str] | N
             "network namespace for dns",
             "promise 'dns' without 'inet': no datagram may leave but DNS queries (sendmsg "
             "carries its destination where the filter cannot read it)",
-            None if feats.root else "needs root for a network namespace",
+            namespaces,
         )
     )
 
@@ -281,6 +304,8 @@ def compile_plan(policy: Policy, feats: Features, environ: Mapping[str, str] | N
     if policy.lock == "agent":
         env[ENV_LOCK] = "agent"
         env[ENV_VIOLATION] = policy.violation
+        if ll is not None and ll.restrict_flags:
+            env[ENV_LANDLOCK_FLAGS] = str(ll.restrict_flags)
 
     return Plan(
         policy=policy,
@@ -296,6 +321,14 @@ def compile_plan(policy: Policy, feats: Features, environ: Mapping[str, str] | N
         user_notif=user_notif,
         degraded=tuple(degraded),
         dns_relay=dns_relay,
+        pidns=pidns,
+        userns=pidns and not feats.root,
+        landlock_audit=ll is not None and bool(ll.restrict_flags),
+        # An ordinary user outside a user namespace holds no capability but cannot empty its
+        # bounding set; under no_new_privs no exec can add one (sandbox.enforce.hygiene).
+        capabilities="all dropped"
+        if feats.root or pidns
+        else "none held; bounding set kept (no_new_privs: no exec can gain one)",
     )
 
 

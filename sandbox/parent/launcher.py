@@ -189,7 +189,7 @@ class Launch:
             parent_sock.close()
             child.main(plan, self.path, self.argv, child_sock, expected_parent, bpf)
 
-        self._rp = reaper.start(agent_main, pidns=self.feats.root)
+        self._rp = reaper.start(agent_main, pidns=plan.pidns, userns=plan.userns)
         child_sock.close()
         self._begin()
         return self.pid
@@ -200,7 +200,7 @@ class Launch:
         # A cgroup for the limits; without limits only to find stragglers, which the
         # reaper's pid namespace already ends (moving a process between v1 cgroups costs
         # ~4 ms a hierarchy).
-        if not limited and self.feats.root:
+        if not limited and self.plan.pidns:
             return None
         try:
             # The reaper lives in the cgroup too: one more process than the agent's tree.
@@ -210,7 +210,7 @@ class Launch:
                 plan.cgroup_memory,
                 procs,
                 self.feats,
-                tracking=not self.feats.root,
+                tracking=not self.plan.pidns,
             )
         except SetupError:
             if limited:
