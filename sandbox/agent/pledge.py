@@ -31,7 +31,14 @@ from sandbox.enforce.apply import Steps, apply
 from sandbox.enforce.plan import seccomp_rules
 from sandbox.enforce.promises import PROMISE_NAMES, rules_for
 from sandbox.policy.model import PERM_LETTERS, perm_string
-from sandbox.protocol import ENV_BROKER_FD, ENV_LOCK, ENV_VIOLATION, LOCK_ID, Op
+from sandbox.protocol import (
+    ENV_BROKER_FD,
+    ENV_LANDLOCK_FLAGS,
+    ENV_LOCK,
+    ENV_VIOLATION,
+    LOCK_ID,
+    Op,
+)
 
 _lock = threading.Lock()
 _unveils: dict[str, str] = {}
@@ -115,9 +122,16 @@ def _lock_unveil() -> None:
                 landlock.PathRule(p, landlock.rights_for(perms)) for p, perms in _unveils.items()
             ),
             scopes=scopes,
+            # The launcher asks for refusals after an exec to be logged when it reads them.
+            restrict_flags=_landlock_flags() if _launched() else 0,
         )
         apply(Steps(landlock=view))
     _unveil_locked = True
+
+
+def _landlock_flags() -> int:
+    value = os.environ.get(ENV_LANDLOCK_FLAGS, "0")
+    return int(value) & landlock.RESTRICT_SELF_LOG_NEW_EXEC_ON if value.isdigit() else 0
 
 
 def _parse(promises: str | Iterable[str]) -> tuple[frozenset[str], frozenset[str]]:

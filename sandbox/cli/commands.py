@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from sandbox.errors import PolicyError
+from sandbox.errors import PolicyError, UsageError
 
 app = typer.Typer(
     add_completion=False,
@@ -75,10 +75,28 @@ def promises(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 def doctor(
     policy: Annotated[str | None, typer.Argument(help="policy file (optional)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    enable_audit: Annotated[
+        bool,
+        typer.Option(
+            "--enable-kernel-audit",
+            help="turn the kernel's audit on, host-wide (root), so that Landlock's refusals "
+            "are reported with their path and fix",
+        ),
+    ] = False,
+    disable_audit: Annotated[
+        bool, typer.Option("--disable-kernel-audit", help="turn the kernel's audit off (root)")
+    ] = False,
 ) -> None:
-    from sandbox.cli.explain import doctor_json, doctor_text
+    from sandbox.cli.explain import doctor_json, doctor_text, kernel_audit_switch
     from sandbox.policy.loader import load_policy
 
+    if enable_audit or disable_audit:
+        if enable_audit and disable_audit:
+            raise UsageError("give one of --enable-kernel-audit and --disable-kernel-audit")
+        print(f"sandbox: {kernel_audit_switch(enable_audit)}")
+        from sandbox.enforce.kernel import probe
+
+        probe.cache_clear()
     pol = load_policy(policy) if policy else None
     print(json.dumps(doctor_json(pol), indent=2) if as_json else doctor_text(pol))
 

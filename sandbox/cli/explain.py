@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from sandbox.enforce import landlock
-from sandbox.enforce.kernel import Features, probe
+from sandbox.enforce.kernel import Features, probe, probe_userns
 from sandbox.enforce.plan import Plan, compile_plan
 from sandbox.enforce.promises import PROMISES
 from sandbox.policy.model import Policy, effective_perms, path_within, perm_string
@@ -117,6 +117,34 @@ def explain_text(policy: Policy, feats: Features | None = None) -> str:
     return "\n".join(out)
 
 
+def _for_this_user(feats: Features) -> dict[str, Any]:
+    """What each mechanism needs, and whether this launcher (this user) has it."""
+    ns = "root" if feats.root else ("a user namespace" if feats.userns else None)
+    if feats.cgroup_v2_place is not None:
+        limits = f"cgroup v2, delegated: {feats.cgroup_v2_place}"
+    elif feats.cgroups:
+        limits = "cgroup v1 (root)"
+    else:
+        limits = None
+    return {
+        "namespaces": ns,
+        "namespaces_refused": None if ns else feats.namespaces_refused,
+        "pid_namespace": bool(ns),
+        "noexec_writable_paths": bool(ns),
+        "dns_without_inet": bool(ns),
+        "capabilities": "all dropped"
+        if ns
+        else "none held; bounding set kept (harmless under no_new_privs)",
+        "limits_memory_processes": limits,
+        "limits_refused": None if limits else feats.cgroups_refused,
+        "user_switch": feats.root,
+        "landlock_refusals": "reported from the kernel's audit records"
+        if feats.landlock_audit
+        else None,
+        "landlock_refusals_refused": None if feats.landlock_audit else feats.kernel_audit_refused,
+    }
+
+
 def doctor_json(policy: Policy | None = None, feats: Features | None = None) -> dict[str, Any]:
     feats = probe() if feats is None else feats
     abi = feats.landlock_abi
@@ -129,14 +157,21 @@ def doctor_json(policy: Policy | None = None, feats: Features | None = None) -> 
             "tcp": abi >= landlock.NET_ABI,
             "ioctl_dev": abi >= 5,
             "scopes": abi >= landlock.SCOPE_ABI,
+            "audit_records": abi >= landlock.LOG_ABI,
         },
         "seccomp_actions": sorted(feats.seccomp_actions),
         "seccomp_user_notification": feats.user_notif,
         "root": feats.root,
+        "uid": os.geteuid(),
+        # For root, the question is what ordinary users get: asked as nobody, in a child.
+        "unprivileged_user_namespaces": probe_userns() if feats.root else feats.userns_refused,
         "cgroup_v1_controllers": sorted(feats.cgroup_v1),
         "cgroup_v2_controllers": sorted(feats.cgroup_v2),
+        "cgroup_v2_delegated": feats.cgroup_v2_place,
+        "cgroup_v2_refused": feats.cgroup_v2_refused or None,
         "noexec_mounts": feats.mount_ns,
         "memfd_noexec_seal": feats.memfd_noexec,
+        "this_user": _for_this_user(feats),
     }
     if policy is not None:
         plan: Plan = compile_plan(policy, feats)
@@ -148,16 +183,36 @@ def doctor_json(policy: Policy | None = None, feats: Features | None = None) -> 
 def doctor_text(policy: Policy | None = None, feats: Features | None = None) -> str:
     d = doctor_json(policy, feats)
     yes = {True: "yes", False: "NO"}
+    u = d["this_user"]
+    userns = d["unprivileged_user_namespaces"]
     lines = [f"Landlock ABI                {d['landlock_abi']}"]
     lines += [f"  {k:<25} {yes[v]}" for k, v in d["landlock"].items()]
     lines += [
         f"seccomp actions             {' '.join(d['seccomp_actions'])}",
         f"seccomp user notification   {yes[d['seccomp_user_notification']]}",
-        f"running as root             {yes[d['root']]}",
+        f"running as root             {yes[d['root']]} (uid {d['uid']})",
+        "unprivileged user namespaces " + ("yes" if userns is None else f"NO: {userns}"),
         f"cgroup v1 controllers       {' '.join(d['cgroup_v1_controllers']) or '-'}",
         f"cgroup v2 controllers       {' '.join(d['cgroup_v2_controllers']) or '-'}",
-        f"noexec writable paths       {yes[d['noexec_mounts']]}",
+        "cgroup v2 delegated         "
+        + (d["cgroup_v2_delegated"] or f"NO: {d['cgroup_v2_refused']}"),
         f"memfd MFD_NOEXEC_SEAL       {yes[d['memfd_noexec_seal']]}",
+        "",
+        f"for this user (uid {d['uid']}):",
+        "  pid, mount, network namespaces  "
+        + (f"yes, {u['namespaces']}" if u["namespaces"] else f"NO: {u['namespaces_refused']}"),
+        "    (the reaper's pid namespace, noexec writable paths, dns without inet)",
+        f"  capabilities                    {u['capabilities']}",
+        "  limits.memory/processes         "
+        + (u["limits_memory_processes"] or f"NO: {u['limits_refused']}"),
+        f"  user: (run as another user)     {'yes' if u['user_switch'] else 'NO: needs root'}",
+        "  paths Landlock refuses, named   "
+        + (
+            u["landlock_refusals"]
+            if u["landlock_refusals"]
+            else f"NO: {u['landlock_refusals_refused']}; `sandbox run --trace-unveil` "
+            "has the parent name them instead (slower)"
+        ),
     ]
     if "policy" in d:
         lost = d["lost_under_best_effort"]
@@ -168,3 +223,29 @@ def doctor_text(policy: Policy | None = None, feats: Features | None = None) -> 
         ]
         lines += [f"  {x}" for x in lost]
     return "\n".join(lines)
+
+
+def kernel_audit_switch(on: bool) -> str:
+    """`sandbox doctor --enable-kernel-audit` / `--disable-kernel-audit` (root): turn the
+    kernel's audit on or off, host-wide. Raises SetupError with the reason if it cannot."""
+    from sandbox import kaudit
+    from sandbox.errors import SetupError
+
+    try:
+        before = kaudit.status()
+        if before.enabled == 2:
+            raise SetupError("kernel audit is locked (enabled=2) until the next boot")
+        if before.pid and not on:
+            raise SetupError(f"auditd (pid {before.pid}) manages kernel audit: use auditctl -e 0")
+        kaudit.set_enabled(1 if on else 0)
+        after = kaudit.status()
+    except OSError as e:
+        raise SetupError(f"kernel audit: {e.strerror} (changing it needs root)") from e
+    state = "on" if after.enabled else "off"
+    note = ""
+    if on and not after.pid:
+        note = (
+            " (no auditd runs: the kernel also writes each audit record to its own log, "
+            "rate-limited; turn it off again with --disable-kernel-audit)"
+        )
+    return f"kernel audit was {'on' if before.enabled else 'off'}, is now {state}{note}"

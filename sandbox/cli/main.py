@@ -25,6 +25,9 @@ with -p and -v alone. With a POLICY, -p and -v can only narrow it.
   --audit-log FILE          append the audit records to FILE
                             (default: $SANDBOX_AUDIT_LOG, else
                             $XDG_STATE_HOME/outheis-sandbox/audit.jsonl)
+  --trace-unveil            name the paths Landlock refuses, read by the parent from
+                            every path-taking call (slower; for whoever cannot have
+                            the kernel's audit records: see sandbox doctor)
 """
 
 POLICY_SUFFIXES = (".yaml", ".yml")
@@ -44,6 +47,15 @@ def parse_run_args(
     args: Sequence[str],
 ) -> tuple[str | None, str | None, list[str], str | None, list[str]]:
     """(policy, promises, unveils, audit_log, command) from `sandbox run` arguments."""
+    policy, promises, unveils, audit_log, command, _ = _parse_run_args(args)
+    return policy, promises, unveils, audit_log, command
+
+
+def _parse_run_args(
+    args: Sequence[str],
+) -> tuple[str | None, str | None, list[str], str | None, list[str], bool]:
+    """parse_run_args, and whether --trace-unveil was given."""
+    trace = False
     policy: str | None = None
     promises: str | None = None
     unveils: list[str] = []
@@ -54,7 +66,11 @@ def parse_run_args(
     while i < len(rest):
         arg = rest[i]
         if arg == "--":
-            return policy, promises, unveils, audit_log, rest[i + 1 :]
+            return policy, promises, unveils, audit_log, rest[i + 1 :], trace
+        if arg == "--trace-unveil":
+            trace = True
+            i += 1
+            continue
         if arg in ("-h", "--help"):
             print(RUN_USAGE, end="")
             raise SystemExit(0)
@@ -82,8 +98,8 @@ def parse_run_args(
             policy = arg
             i += 1
             continue
-        return policy, promises, unveils, audit_log, rest[i:]
-    return policy, promises, unveils, audit_log, []
+        return policy, promises, unveils, audit_log, rest[i:], trace
+    return policy, promises, unveils, audit_log, [], trace
 
 
 def run_command(args: Sequence[str]) -> int:
@@ -91,7 +107,7 @@ def run_command(args: Sequence[str]) -> int:
     from sandbox.policy.loader import load_policy
     from sandbox.policy.narrow import narrow
 
-    policy_path, promises, unveils, audit_log, command = parse_run_args(args)
+    policy_path, promises, unveils, audit_log, command, trace = _parse_run_args(args)
     base = load_policy(policy_path) if policy_path else None
     if base is None and promises is None:
         raise UsageError("give a POLICY file or promises with -p (see sandbox run --help)")
@@ -103,7 +119,7 @@ def run_command(args: Sequence[str]) -> int:
     log = audit_log or default_audit_log()
     if audit_log is None:
         os.makedirs(os.path.dirname(log), mode=0o700, exist_ok=True)
-    result = run(policy, command or None, log)
+    result = run(policy, command or None, log, trace_unveil=trace)
     return result.status
 
 

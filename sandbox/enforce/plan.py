@@ -70,6 +70,7 @@ class Plan:
     userns: bool = False  # an ordinary user's launch: the namespaces live in a user namespace
     landlock_audit: bool = False  # the parent reads Landlock's refusals from audit records
     capabilities: str = "all dropped"
+    trace_unveil: bool = False  # path-taking calls go to the parent, which names refusals
 
     @property
     def missing(self) -> list[Requirement]:
@@ -101,6 +102,8 @@ class Plan:
             "user_namespace": "own uid and gid mapped onto themselves" if self.userns else None,
             "landlock_refusals": "reported from audit records"
             if self.landlock_audit
+            else "read by the parent (--trace-unveil)"
+            if self.trace_unveil
             else "not reported (no audit records)",
             "not_enforced": list(self.degraded),
         }
@@ -152,7 +155,26 @@ def seccomp_rules(pledge: Iterable[str], execpromises: Iterable[str] | None) -> 
     return (*base, *EXEC_RULES)
 
 
-def compile_plan(policy: Policy, feats: Features, environ: Mapping[str, str] | None = None) -> Plan:
+def trace_rules(rules: Iterable[Rule]) -> tuple[Rule, ...]:
+    """--trace-unveil: every path-taking call the pledge allows goes to the parent, which
+    only reads it to name what Landlock will refuse (sandbox.parent.denials)."""
+    from sandbox.parent.denials import TRACED
+
+    return tuple(
+        replace(r, action="notify", handler="trace")
+        if r.syscall in TRACED and r.action == "allow"
+        else r
+        for r in rules
+    )
+
+
+def compile_plan(
+    policy: Policy,
+    feats: Features,
+    environ: Mapping[str, str] | None = None,
+    *,
+    trace_unveil: bool = False,
+) -> Plan:
     environ = os.environ if environ is None else environ
     reqs: list[Requirement] = []
     degraded: list[str] = []
@@ -307,9 +329,14 @@ def compile_plan(policy: Policy, feats: Features, environ: Mapping[str, str] | N
         if ll is not None and ll.restrict_flags:
             env[ENV_LANDLOCK_FLAGS] = str(ll.restrict_flags)
 
+    rules = seccomp_rules(policy.pledge, policy.execpromises)
+    # lock: agent builds its filter in the agent (sandbox.agent.pledge): not traced there.
+    trace_unveil = trace_unveil and policy.lock == "exec" and user_notif
+    if trace_unveil:
+        rules = trace_rules(rules)
     return Plan(
         policy=policy,
-        rules=seccomp_rules(policy.pledge, policy.execpromises),
+        rules=rules,
         landlock=ll,
         unveils=unveils,
         noexec=noexec,
@@ -329,6 +356,7 @@ def compile_plan(policy: Policy, feats: Features, environ: Mapping[str, str] | N
         capabilities="all dropped"
         if feats.root or pidns
         else "none held; bounding set kept (no_new_privs: no exec can gain one)",
+        trace_unveil=trace_unveil,
     )
 
 

@@ -64,6 +64,8 @@ REQUIRED: Mapping[str, tuple[tuple[str, ...], ...]] = MappingProxyType(
         "violation": (("pid",), ("syscall",), ("args",), ("promise",), ("action",)),
         "op": (("pid",), ("op",), ("resource",), ("path", "url"), ("decision",), ("reason",)),
         "exit": (("pid",), ("status", "signal")),
+        # A refusal by Landlock (sandbox.parent.denials): what and how to allow it.
+        "denied": (("pid",), ("syscall",), ("access",), ("fix",), ("source",)),
     }
 )
 COMMON_KEYS = ("seq", "time", "kind", "agent")
@@ -644,6 +646,13 @@ def _sum_op(r: Mapping[str, Any]) -> str:
     return f"{text} ({_compact(reason)})" if reason else text
 
 
+def _sum_denied(r: Mapping[str, Any]) -> str:
+    access = r.get("access")
+    shown = ",".join(map(_compact, access)) if isinstance(access, list) else _compact(access)
+    target = next((r[k] for k in ("path", "port", "target") if r.get(k) is not None), None)
+    return f"{_compact(r.get('syscall'))} {_compact(target)} ({shown}): {_compact(r.get('fix'))}"
+
+
 def _sum_exit(r: Mapping[str, Any]) -> str:
     sig = r.get("signal")
     if sig is None:
@@ -666,6 +675,7 @@ SUMMARIES: Mapping[str, Callable[[Mapping[str, Any]], str]] = MappingProxyType(
         "lock": _sum_lock,
         "violation": _sum_violation,
         "op": _sum_op,
+        "denied": _sum_denied,
         "exit": _sum_exit,
     }
 )

@@ -44,7 +44,7 @@ from sandbox.policy.model import Policy
 from sandbox.protocol import Op
 
 if TYPE_CHECKING:
-    from sandbox.parent import dnsrelay
+    from sandbox.parent import denials, dnsrelay
 
 VIOLATION_EXIT = 128 + signal.SIGSYS  # 159
 HANDSHAKE_TIMEOUT = child.HANDSHAKE_TIMEOUT
@@ -95,12 +95,14 @@ def run(
     environ: Mapping[str, str] | None = None,
     feats: Features | None = None,
     stop_grace: float = STOP_GRACE,
+    trace_unveil: bool = False,
 ) -> RunResult:
     """`sandbox run`: launch one agent and serve it until it exits. SIGTERM, SIGINT and
     SIGHUP to the launcher are forwarded to the agent (see Launch.stop), which has
-    `stop_grace` seconds to exit."""
+    `stop_grace` seconds to exit. `trace_unveil`: the parent reads the path-taking calls
+    to name what Landlock refuses (see sandbox.parent.denials)."""
     feats = probe() if feats is None else feats
-    plan = compile_plan(policy, feats, environ)
+    plan = compile_plan(policy, feats, environ, trace_unveil=trace_unveil)
     check_enforceable(plan)
     argv = list(command) if command else list(policy.command)
     path = resolve_command(argv, plan.env)
@@ -149,6 +151,8 @@ class Launch:
         self._sup: Supervisor | None = None
         self._broker: Broker | None = None
         self._relay: dnsrelay.DnsRelay | None = None
+        self._reporter: denials.Reporter | None = None
+        self._reader: denials.AuditReader | None = None
         self._gate: LockGate | None = None
         self._listener: int | None = None
         self._loop: EventLoop | None = None
@@ -238,8 +242,10 @@ class Launch:
             self.kill()
             rp.agent_status()
             raise SetupError(f"cannot start {policy.name}: {e}") from e
+        self._open_denials()  # before the agent locks: no refusal is missed
         sock.send(b"go")
         self._sup = Supervisor(plan=plan, audit=self.audit, agent_pid=self.pid, kill_tree=self.kill)
+        self._sup.reporter = self._reporter
         try:
             self._listener, relay_fd = _handshake(sock, plan)
         except SetupError as e:
@@ -258,6 +264,19 @@ class Launch:
                 self._relay = dnsrelay.DnsRelay(inner, up, self.audit, self.pid)
         self._serve()
 
+    def _open_denials(self) -> None:
+        """The reporter of Landlock's refusals, and the audit records' reader if any."""
+        plan = self.plan
+        if not (plan.landlock_audit or plan.trace_unveil):
+            return
+        from sandbox.parent import denials
+
+        self._reporter = denials.Reporter(
+            name=self.policy.name, audit=self.audit, unveils=plan.unveils, agent_pid=self.pid
+        )
+        if plan.landlock_audit:
+            self._reader = denials.AuditReader.open(self._reporter)
+
     def _serve(self) -> None:
         """Register every descriptor of this agent with the loop, and its timers."""
         assert self._loop is not None and self._sock is not None and self._rp is not None
@@ -267,6 +286,8 @@ class Launch:
         broker = self._broker = Broker(sock, policy, self.audit, self.pid, os.environ)
         broker.register(Op.SETUP_ERROR, self._on_exec_error)
         loop.add(self._rp.status_fd, self._on_status)
+        if self._reader is not None:
+            loop.add(self._reader.sock, self._reader.on_readable)
         if self._relay is not None:
             loop.add(self._relay.inner, self._relay.on_query)
             loop.add(self._relay.outer, self._relay.on_answer)
@@ -344,6 +365,10 @@ class Launch:
         self._loop.remove(self._rp.status_fd)
         for t in self._timers:
             t.cancel()
+        if self._reader is not None:
+            # The refusals still queued in the kernel go before the exit record.
+            self._loop.remove(self._reader.sock)
+            self._reader.finish()
         self._on_exit(self._finish(status))
 
     # ------------------------------------------------------------------ ending
@@ -400,6 +425,14 @@ class Launch:
             _record_exit(self.audit, pid, status, reason)
         if sup.killed_for_violation:
             return RunResult(VIOLATION_EXIT, pid, "violation")
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0 and self._reporter is None:
+            # A failure may be a path Landlock refused, which nobody reports here: say so.
+            print(
+                f"sandbox: {self.policy.name}[{pid}]: exited with status "
+                f"{os.WEXITSTATUS(status)}; paths Landlock refused are not reported here "
+                f"({self.feats.kernel_audit_refused}); `sandbox run --trace-unveil` names them",
+                file=sys.stderr,
+            )
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             if sig == signal.SIGSYS and not reason:
@@ -418,6 +451,8 @@ class Launch:
             self._cg.remove()
         if self._relay is not None:
             self._relay.close()
+        if self._reader is not None:
+            self._reader.close()
         if self._listener is not None:
             with contextlib.suppress(OSError):
                 os.close(self._listener)

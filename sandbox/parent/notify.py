@@ -26,6 +26,7 @@ from sandbox.enforce.syscalls import Memory, decode_args
 from sandbox.parent.audit import AuditError, AuditLog
 
 if TYPE_CHECKING:
+    from sandbox.parent.denials import Reporter
     from sandbox.parent.dnsproxy import DnsEmulator
 
 
@@ -49,6 +50,7 @@ class Supervisor:
     killed_for_violation: bool = False
     execd: set[int] = field(default_factory=set)  # tgids that exec'd (execpromises apply)
     dns: DnsEmulator | None = None
+    reporter: Reporter | None = None  # names the paths Landlock refuses (--trace-unveil)
     # What a SIGSYS from the kernel itself (no notification) most likely was, for the message.
     kernel_kill_hint: str = "a system call of a foreign architecture or ABI (x32, int 0x80)"
 
@@ -124,6 +126,9 @@ class Supervisor:
         if handler == "dns" and self.dns is not None:
             self._emulate_dns(n, name, args)
             return
+        if handler == "trace":
+            self._trace(n, name, args)
+            return
         self.refuse(n, name, args, self.plan.policy.pledge)
 
     def refuse(
@@ -171,6 +176,18 @@ class Supervisor:
                 return True
             pid = parent
         return True
+
+    def _trace(self, n: seccomp.Notification, name: str, args: list[int]) -> None:
+        """--trace-unveil: read the path for a hint, decide nothing. The answer is "continue"
+        whatever was read, so Landlock decides on what the call really names; a thread
+        racing the read can only make the hint wrong."""
+        if self.reporter is not None:
+            from sandbox.enforce.syscalls import read_path
+            from sandbox.parent.denials import predict
+
+            for found in predict(n.pid, name, args, self.plan.unveils, read_path):
+                self.reporter.report(found)
+        seccomp.respond(self.listener, n.id, continue_=True)
 
     def _emulate_dns(self, n: seccomp.Notification, name: str, args: list[int]) -> None:
         assert self.dns is not None
