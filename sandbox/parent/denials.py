@@ -266,7 +266,7 @@ def _pidns(pid: int) -> int | None:
 class AuditReader:
     """Landlock's audit records for one agent, read from the audit multicast group."""
 
-    def __init__(self, sock: socket.socket, reporter: Reporter) -> None:
+    def __init__(self, reporter: Reporter, sock: socket.socket | None = None) -> None:
         self.sock = sock
         self.reporter = reporter
         self.agent_pidns = _pidns(reporter.agent_pid)
@@ -278,14 +278,13 @@ class AuditReader:
     def open(cls, reporter: Reporter) -> AuditReader | None:
         """Listening before the agent runs, so that no record is missed; None if not allowed."""
         try:
-            return cls(kaudit.listen(), reporter)
+            return cls(reporter, kaudit.listen())
         except OSError:
             return None
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
     def on_readable(self) -> None:
+        if self.sock is None:
+            return
         for _ in range(256):
             try:
                 data = self.sock.recv(65536)
@@ -336,7 +335,7 @@ class AuditReader:
         may still be queued; AUDIT_GET's backlog says when the queue is empty."""
         end = time.monotonic() + deadline
         with contextlib.suppress(OSError):
-            while time.monotonic() < end:
+            while self.sock is not None and time.monotonic() < end:
                 self.on_readable()
                 if kaudit.status().backlog == 0:
                     time.sleep(0.002)  # the record just dequeued is on its way to us
@@ -347,7 +346,8 @@ class AuditReader:
             self._event(self.events.popitem(last=False)[1])
 
     def close(self) -> None:
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
 
 
 def refusal_of(access: Mapping[str, str], syscall: Mapping[str, str]) -> Refusal:

@@ -286,7 +286,7 @@ class Launch:
         broker = self._broker = Broker(sock, policy, self.audit, self.pid, os.environ)
         broker.register(Op.SETUP_ERROR, self._on_exec_error)
         loop.add(self._rp.status_fd, self._on_status)
-        if self._reader is not None:
+        if self._reader is not None and self._reader.sock is not None:
             loop.add(self._reader.sock, self._reader.on_readable)
         if self._relay is not None:
             loop.add(self._relay.inner, self._relay.on_query)
@@ -367,7 +367,8 @@ class Launch:
             t.cancel()
         if self._reader is not None:
             # The refusals still queued in the kernel go before the exit record.
-            self._loop.remove(self._reader.sock)
+            if self._reader.sock is not None:
+                self._loop.remove(self._reader.sock)
             self._reader.finish()
         self._on_exit(self._finish(status))
 
