@@ -14,8 +14,10 @@ the agent chose).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
 import random
 import struct
 import subprocess
@@ -268,9 +270,22 @@ def test_with_audit_off_nothing_is_claimed_and_the_failure_says_so(
     r = sandboxed(tmp_path, ["cat", str(secret)], promises="stdio rpath", unveil=BASE)
     assert r.status == 1, r
     assert not r.of_kind("denied")
-    assert "paths Landlock refused are not reported here (kernel audit is off" in r.stderr
-    assert "--enable-kernel-audit" in r.stderr and "--trace-unveil" in r.stderr
     assert r.of_kind("start")[0]["enforced"]["landlock_refusals"].startswith("not reported")
+    # At a terminal the failure says why nothing is named, and what would name it.
+    leader, follower = pty.openpty()
+    argv = [PY, "-m", "sandbox", "run", "-p", "stdio rpath", "-v", BASE[0], "-v", BASE[1]]
+    argv += ["--audit-log", str(tmp_path / "tty.jsonl"), "--", "cat", str(secret)]
+    p = subprocess.Popen(argv, stderr=follower, stdout=subprocess.DEVNULL, cwd=tmp_path)
+    os.close(follower)
+    err = b""
+    with contextlib.suppress(OSError):
+        while chunk := os.read(leader, 4096):
+            err += chunk
+    p.wait(timeout=60)
+    os.close(leader)
+    text = err.decode()
+    assert "paths Landlock refused are not reported here (kernel audit is off" in text, text
+    assert "--enable-kernel-audit" in text and "--trace-unveil" in text
 
 
 @needs_audit

@@ -426,8 +426,14 @@ class Launch:
             _record_exit(self.audit, pid, status, reason)
         if sup.killed_for_violation:
             return RunResult(VIOLATION_EXIT, pid, "violation")
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0 and self._reporter is None:
-            # A failure may be a path Landlock refused, which nobody reports here: say so.
+        if (
+            os.WIFEXITED(status)
+            and os.WEXITSTATUS(status) != 0
+            and self._reporter is None
+            and sys.stderr.isatty()
+        ):
+            # A failure may be a path Landlock refused, which nobody reports here: say so to
+            # the person at the terminal (a script gets the agent's stderr and status only).
             print(
                 f"sandbox: {self.policy.name}[{pid}]: exited with status "
                 f"{os.WEXITSTATUS(status)}; paths Landlock refused are not reported here "
