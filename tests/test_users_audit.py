@@ -55,11 +55,10 @@ WHY_NOT = _can_audit()
 needs_audit = pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))
 
 
-@pytest.fixture
-def audit_on() -> Iterator[None]:
-    """Kernel audit on for the test, restored to what it was afterwards."""
+def _kernel_audit(enabled: int) -> Iterator[None]:
+    """Kernel audit switched to `enabled` for one test, restored to what it was after."""
     before = kaudit.status().enabled
-    kaudit.set_enabled(1)
+    kaudit.set_enabled(enabled)
     try:
         yield
     finally:
@@ -68,13 +67,13 @@ def audit_on() -> Iterator[None]:
 
 
 @pytest.fixture
+def audit_on() -> Iterator[None]:
+    yield from _kernel_audit(1)
+
+
+@pytest.fixture
 def audit_off() -> Iterator[None]:
-    before = kaudit.status().enabled
-    kaudit.set_enabled(0)
-    try:
-        yield
-    finally:
-        kaudit.set_enabled(before)
+    yield from _kernel_audit(0)
 
 
 def sandboxed(tmp_path: Path, command: list[str], **kw: object) -> Result:
@@ -362,6 +361,20 @@ def test_refusal_of_and_fix_for() -> None:
         "Landlock refused a call: a signal to pid 1 (init) outside the sandbox",
         "no policy allows it",
     )
+
+
+def test_hint_lines_show_terminal_escapes_instead_of_sending_them(tmp_path: Path) -> None:
+    from sandbox.parent.audit import AuditLog
+
+    lines: list[str] = []
+    with AuditLog(str(tmp_path / "log.jsonl"), "t") as log:
+        rep = denials.Reporter(name="t", audit=log, unveils=(), agent_pid=7, err=lines.append)
+        evil = "/tmp/\x1b[2J\x1b]0;owned\x07x"
+        rep.report(denials.Refusal(blockers=("fs.read_file",), path=evil, syscall="openat"))
+    assert len(lines) == 1 and "\x1b" not in lines[0] and "\x07" not in lines[0], lines
+    assert "\\x1b[2J" in lines[0]
+    rec = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert rec["path"] == evil  # the record keeps the name exactly (JSON escapes it)
 
 
 def test_every_landlock_right_has_a_letter_or_a_reason() -> None:

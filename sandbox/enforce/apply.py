@@ -10,9 +10,13 @@ Order, and why:
    (first, so that a failure of any later step can still be reported on it).
 2. rlimits (and no core dumps), qos: plain process attributes.
 3. noexec mounts: need CAP_SYS_ADMIN in the agent's mount namespace, so before the drop.
+   Root has it; an ordinary user's agent has it in its own user namespace, made before
+   the reaper was forked (sandbox.parent.reaper: a pid namespace must exist before the
+   processes in it, so that cannot be a step here). Every step is the same for both.
 4. user: the bounding set first (needs CAP_SETPCAP), then groups, gid, uid.
 5. no_new_privs: nothing exec'd gains privileges; Landlock and seccomp require it.
-6. capabilities: every set emptied (what is left is bounded by no_new_privs).
+6. capabilities: every set emptied (what is left is bounded by no_new_privs: an ordinary
+   user without a user namespace keeps its bounding set, which it cannot empty).
 7. Landlock: the filesystem view, TCP ports, scopes.
 8. seccomp, last: its filter may forbid the calls the steps before it need.
 """

@@ -15,11 +15,11 @@ import os
 from dataclasses import dataclass
 from typing import NoReturn
 
-from sandbox.enforce import landlock
+from sandbox.enforce import landlock, userns
+from sandbox.errors import SetupError
 from sandbox.libc import libc
 
 CLONE_NEWNS = 0x00020000
-CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 MS_REC, MS_PRIVATE = 0x4000, 1 << 18
 NOBODY = 65534
@@ -214,18 +214,8 @@ def _userns_child(report: int) -> NoReturn:  # pragma: no cover - runs in the pr
             os.setresgid(NOBODY, NOBODY, NOBODY)
             os.setresuid(NOBODY, NOBODY, NOBODY)
             libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: /proc/self/*_map stay ours
-        uid, gid = os.geteuid(), os.getegid()
-        step = "unshare(CLONE_NEWUSER)"
-        if libc.unshare(CLONE_NEWUSER) != 0:
-            raise OSError(ctypes.get_errno(), "")
-        step = "write uid_map/gid_map"
-        for name, text in (
-            ("setgroups", "deny"),
-            ("uid_map", f"{uid} {uid} 1"),
-            ("gid_map", f"{gid} {gid} 1"),
-        ):
-            with open(f"/proc/self/{name}", "w", encoding="ascii") as f:
-                f.write(text)
+        step = "user namespace"
+        userns.enter()
         # The pid namespace is what every launch needs (the holder makes one); a network
         # namespace costs ~1 ms more to make and to tear down, and the agent makes its own
         # mount and network namespaces later, failing closed with the kernel's errno.
@@ -236,6 +226,8 @@ def _userns_child(report: int) -> NoReturn:  # pragma: no cover - runs in the pr
         if libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None) != 0:
             raise OSError(ctypes.get_errno(), "")
         os.write(report, b"ok")
+    except SetupError as e:
+        os.write(report, str(e).encode()[:512])
     except OSError as e:
         os.write(report, f"{step}: {os.strerror(e.errno or errno.EPERM)}".encode()[:512])
     except BaseException:

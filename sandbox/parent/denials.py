@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from sandbox import kaudit, procfs
 from sandbox.enforce.landlock import FS_RIGHT_NAMES, PERM_RIGHTS
 from sandbox.parent.audit import AuditError, AuditLog
+from sandbox.parent.audit import _safe as terminal_safe
 from sandbox.policy.model import Unveil, effective_perms, perm_string
 
 AUDIT_SYSCALL = 1300
@@ -252,7 +253,9 @@ class Reporter:
         note = ""
         if r.source == "parent":
             note = " (as the parent read the call)"
-        self.err(f"sandbox: {self.name}[{r.pid or self.agent_pid}]: {what}: {fix}{note}")
+        # The path is the agent's choice: terminal escapes in it are shown, never sent.
+        line = f"sandbox: {self.name}[{r.pid or self.agent_pid}]: {what}: {fix}{note}"
+        self.err(terminal_safe(line))
         self.noticed = True
 
 

@@ -41,11 +41,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
-from sandbox.enforce import hygiene
+from sandbox.enforce import hygiene, userns
 from sandbox.errors import SetupError
 from sandbox.libc import libc as _libc
 
-CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 _STATUS = struct.Struct("=i")
 _TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP)
@@ -154,24 +153,6 @@ def start(agent_main: Callable[[int], NoReturn], *, pidns: bool, userns: bool = 
     return Reaper(pid=pid, status_fd=status_r, go_fd=go_w, pidns=pidns, holder=userns)
 
 
-def enter_user_namespace() -> None:
-    """unshare(CLONE_NEWUSER) and map our own uid and gid onto themselves (one id each;
-    setgroups denied, as the kernel requires of an unprivileged gid_map)."""
-    uid, gid = os.geteuid(), os.getegid()
-    if _libc.unshare(CLONE_NEWUSER) != 0:
-        raise SetupError(f"unshare(CLONE_NEWUSER): {os.strerror(ctypes.get_errno())}")
-    try:
-        for name, text in (
-            ("setgroups", "deny"),
-            ("uid_map", f"{uid} {uid} 1"),
-            ("gid_map", f"{gid} {gid} 1"),
-        ):
-            with open(f"/proc/self/{name}", "w", encoding="ascii") as f:
-                f.write(text)
-    except OSError as e:
-        raise SetupError(f"user namespace: writing /proc/self/{name}: {e.strerror}") from e
-
-
 def _holder_main(
     agent_main: Callable[[int], NoReturn], launcher: int, go_r: int, status_w: int
 ) -> NoReturn:  # pragma: no cover - the holder of an ordinary user's namespaces
@@ -184,7 +165,7 @@ def _holder_main(
         if os.read(go_r, 1) != b"g":
             os._exit(3)
         try:
-            enter_user_namespace()
+            userns.enter()
             if _libc.unshare(CLONE_NEWPID) != 0:
                 raise SetupError(f"unshare(CLONE_NEWPID): {os.strerror(ctypes.get_errno())}")
         except SetupError as e:

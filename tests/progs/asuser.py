@@ -229,25 +229,15 @@ class AsUser:
         self,
         command: Sequence[str] | Callable[..., Any] | None = None,
         *,
-        policy: Mapping[str, Any] | str | None = None,
-        promises: str | None = None,
-        unveil: Sequence[str] = (),
-        base_unveil: bool = True,
-        extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         stdin: str | None = None,
         timeout: float = 60,
+        **how: Any,
     ) -> Result:
-        """`sandbox run` as the user: a policy dict (written to a file the user owns), a
-        policy path, and/or -p/-v; `command` as for sandbox.testing.run_sandboxed."""
-        argv, log = self.sandbox_argv(
-            command,
-            policy=policy,
-            promises=promises,
-            unveil=unveil,
-            base_unveil=base_unveil,
-            extra_args=extra_args,
-        )
+        """`sandbox run` as the user. `how`: policy (a dict, written to a file the user
+        owns, or a path), promises, unveil, base_unveil, extra_args, as for sandbox_argv;
+        `command` as for sandbox.testing.run_sandboxed."""
+        argv, log = self.sandbox_argv(command, **how)
         p = self.run(argv, env=env, stdin=stdin, timeout=timeout)
         return Result(p.returncode, p.stdout, p.stderr, read_log(log), str(log))
 
