@@ -191,7 +191,7 @@ def doctor_text(policy: Policy | None = None, feats: Features | None = None) -> 
         f"seccomp actions             {' '.join(d['seccomp_actions'])}",
         f"seccomp user notification   {yes[d['seccomp_user_notification']]}",
         f"running as root             {yes[d['root']]} (uid {d['uid']})",
-        "unprivileged user namespaces " + ("yes" if userns is None else f"NO: {userns}"),
+        f"{'unprivileged userns':<28}" + ("yes" if userns is None else f"NO: {userns}"),
         f"cgroup v1 controllers       {' '.join(d['cgroup_v1_controllers']) or '-'}",
         f"cgroup v2 controllers       {' '.join(d['cgroup_v2_controllers']) or '-'}",
         "cgroup v2 delegated         "

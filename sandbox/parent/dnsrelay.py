@@ -1,4 +1,8 @@
-"""The promise 'dns' without 'inet', as root: names resolve, and nothing else leaves.
+"""The promise 'dns' without 'inet': names resolve, and nothing else leaves.
+
+The agent's child makes the network namespace: as root directly, as an ordinary user with
+the capabilities of the agent's own user namespace (sandbox.parent.reaper), which also
+cover bringing loopback up and binding port 53 in it.
 
 A filter can check connect() and sendto() (the parent performs them, see dnsproxy), but not
 sendmsg()/sendmmsg() with a destination inside their msghdr: a UDP socket the agent may

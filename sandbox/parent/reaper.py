@@ -160,16 +160,16 @@ def _holder_main(
         hygiene.set_parent_death_signal(launcher)
         for sig in _TERMINAL_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
-        # The launcher lets us go only once we are in its cgroup: the reaper forked below
-        # must be in it too.
-        if os.read(go_r, 1) != b"g":
-            os._exit(3)
+        # The namespaces while the launcher writes its start record; the reaper only once
+        # the launcher lets us go, when we are in its cgroup (the reaper must be in it too).
         try:
             userns.enter()
             if _libc.unshare(CLONE_NEWPID) != 0:
                 raise SetupError(f"unshare(CLONE_NEWPID): {os.strerror(ctypes.get_errno())}")
         except SetupError as e:
             os.write(status_w, b"E" + str(e).encode()[:4000])
+            os._exit(3)
+        if os.read(go_r, 1) != b"g":
             os._exit(3)
         reaper = os.fork()
         if reaper == 0:
