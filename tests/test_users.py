@@ -644,6 +644,9 @@ def test_without_audit_records_the_failure_says_so_and_trace_names_the_path(u: A
     assert denied[0]["source"] == "parent" and denied[0]["access"] == ["fs.read_file"]
     assert denied[0]["fix"] == f"add '{secret}: r'"
     assert f"unveil refused openat {secret} (read): add '{secret}: r'" in r.stderr, r.stderr
+    # Said once, at the first refusal: why these are not Landlock's own records.
+    assert r.stderr.count("Landlock's own audit records are not available (") == 1, r.stderr
+    assert "needs root" in r.stderr
 
     # Following the fix: it is read, and nothing is refused for it.
     r = u.sandbox(

@@ -221,6 +221,8 @@ class Reporter:
     seen: set[tuple[object, ...]] = field(default_factory=set)
     dropped: int = 0
     noticed: bool = False  # the first refusal has been reported
+    # Said once, before the first refusal: why these are not Landlock's own records.
+    first_note: str | None = None
     err: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
 
     def report(self, r: Refusal) -> None:
@@ -253,6 +255,8 @@ class Reporter:
         note = ""
         if r.source == "parent":
             note = " (as the parent read the call)"
+        if self.first_note and not self.noticed:
+            self.err(f"sandbox: {self.name}: {self.first_note}")
         # The path is the agent's choice: terminal escapes in it are shown, never sent.
         line = f"sandbox: {self.name}[{r.pid or self.agent_pid}]: {what}: {fix}{note}"
         self.err(terminal_safe(line))

@@ -276,6 +276,12 @@ class Launch:
         )
         if plan.landlock_audit:
             self._reader = denials.AuditReader.open(self._reporter)
+        if self._reader is None:
+            self._reporter.first_note = (
+                f"Landlock's own audit records are not available "
+                f"({self.feats.kernel_audit_refused or 'the audit socket could not be opened'}): "
+                "what follows is the parent's reading of each call"
+            )
 
     def _serve(self) -> None:
         """Register every descriptor of this agent with the loop, and its timers."""
