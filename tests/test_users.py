@@ -203,12 +203,12 @@ if os.fork():
 os.setsid()
 if os.fork():
     os._exit(0)
+print("daemon up", flush=True)
 time.sleep(120)
 """
 LEADER = """
 import os, subprocess, sys, time
 subprocess.Popen([sys.executable, "-c", DAEMON, TOKEN]).wait()
-time.sleep(0.2)
 print("ready", flush=True)
 time.sleep(120)
 """
@@ -240,6 +240,16 @@ def _wait_gone(pids: set[int], limit: float = 20.0) -> set[int]:
     return alive
 
 
+def _read_until_both(p: subprocess.Popen[str]) -> None:
+    """The daemon and its leader both said they run (in either order)."""
+    assert p.stdout is not None
+    seen: set[str] = set()
+    while seen != {"daemon up", "ready"}:
+        line = p.stdout.readline()
+        assert line, f"the program ended before it was ready (saw {seen})"
+        seen.add(line.strip())
+
+
 @pytest.fixture
 def token() -> Iterator[str]:
     t = f"outheis-users-daemon-{os.getpid()}-{time.monotonic_ns()}"
@@ -257,9 +267,7 @@ def test_nothing_outlives_the_launcher_as_the_user(u: AsUser, token: str) -> Non
         unveil=["/proc:r"],
     )
     launcher = u.popen(argv, stdout=subprocess.PIPE)
-    assert launcher.stdout is not None
-    line = launcher.stdout.readline()
-    assert "ready" in line, line
+    _read_until_both(launcher)
     inside = _pids_with(token)
     assert len(inside) >= 2, inside  # the leader and its daemon (double-forked, setsid)
     launcher.kill()  # SIGKILL: no clean-up code of the launcher runs
@@ -268,11 +276,10 @@ def test_nothing_outlives_the_launcher_as_the_user(u: AsUser, token: str) -> Non
 
     # Without the sandbox the same user's daemon survives its parent.
     leader = u.popen([*code(_with_token(token)), token], stdout=subprocess.PIPE)
-    assert leader.stdout is not None and "ready" in leader.stdout.readline()
+    _read_until_both(leader)
     before = _pids_with(token)
     leader.kill()
     leader.wait()
-    time.sleep(0.2)
     survivors = {p for p in before if os.path.exists(f"/proc/{p}")} - {leader.pid}
     assert survivors, "control: the unsandboxed daemon should have survived its parent"
 
