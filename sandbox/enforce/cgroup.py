@@ -175,23 +175,29 @@ def create(
     return cg
 
 
-# Set once this launcher has moved itself into a leaf of its own delegated cgroup: later
-# agents' cgroups go beside that leaf, under the cgroup that now distributes the controllers.
+# The cgroup this launcher made hand out memory and pids (moving itself into a leaf of it
+# first if it was its own): later agents' cgroups go there without asking again.
 _moved_into: str | None = None
 
 
-def _leave_own_cgroup(place: str) -> None:
-    """Move this process into a leaf of `place` and enable memory and pids for the children
-    of `place` (a cgroup with processes in it cannot: the no-internal-process rule)."""
+def _hand_out_controllers(place: str, move_launcher: bool) -> None:
+    """Make `place` hand memory and pids to its children. A cgroup with processes in it
+    cannot (the no-internal-process rule; the root cgroup is exempt), so when `place` is
+    the launcher's own cgroup the launcher first moves into a leaf of it."""
     global _moved_into
-    if _moved_into is not None:
+    if _moved_into == place:
         return
-    leaf = os.path.join(place, f"outheis-sandbox-launcher-{os.getpid()}")
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(leaf, 0o755)
-    _write(os.path.join(leaf, "cgroup.procs"), str(os.getpid()))
+    control = os.path.join(place, "cgroup.subtree_control")
+    with open(control, encoding="ascii") as f:
+        if {"memory", "pids"} <= set(f.read().split()):
+            return
+    if move_launcher:
+        leaf = os.path.join(place, f"outheis-sandbox-launcher-{os.getpid()}")
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(leaf, 0o755)
+        _write(os.path.join(leaf, "cgroup.procs"), str(os.getpid()))
     try:
-        _write(os.path.join(place, "cgroup.subtree_control"), "+memory +pids")
+        _write(control, "+memory +pids")
     except OSError as e:
         if e.errno == errno.EBUSY:
             raise SetupError(
@@ -208,8 +214,7 @@ def _create_v2(
 ) -> Cgroup:
     d = os.path.join(place, leaf)
     try:
-        if move_launcher:
-            _leave_own_cgroup(place)
+        _hand_out_controllers(place, move_launcher)
         os.mkdir(d, 0o700)
         cg = Cgroup(dirs={"pids": d, "memory": d}, version=2)
         if processes is not None:
