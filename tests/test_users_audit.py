@@ -445,3 +445,30 @@ def test_the_reader_keeps_only_its_domains_and_bounds_its_memory(tmp_path: Path)
     records = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert records[0]["pid"] == 4243 and records[0]["comm"] == "cat"
     assert rep.dropped > 0  # beyond MAX_DISTINCT, counted and not recorded
+
+
+def test_tracing_changes_no_decision() -> None:
+    """--trace-unveil turns the allow rules of path calls into notifications answered
+    "continue": every call must be decided as before (allowed calls traced, the others
+    refused or routed exactly as without tracing), execpromises included."""
+    from sandbox.enforce.plan import seccomp_rules, trace_rules
+    from sandbox.enforce.rules import match
+
+    rng = random.Random(9)
+    flags = [0, 0o1, 0o2, 0o100, 0o101, 0o102, 0o1001, 0o200000, 0o20000000, 0o100000, 0o4000]
+    for pledge, exe in (
+        ("stdio rpath wpath cpath dpath exec proc", "stdio rpath"),
+        ("stdio rpath cpath", None),
+        ("stdio rpath wpath cpath tmppath fattr", None),
+    ):
+        base = seccomp_rules(set(pledge.split()), None if exe is None else set(exe.split()))
+        traced = trace_rules(base)
+        for call in denials.TRACED:
+            for _ in range(60):
+                args = [rng.choice([-100, 3, 0x7F0000000000]), 0x7F0000001000]
+                args += [rng.choice(flags), rng.choice(flags), rng.choice(flags), 0]
+                before, after = match(base, call, args), match(traced, call, args)
+                if before is not None and before.action == "allow":
+                    assert after is not None and after.handler == "trace", (call, args)
+                else:
+                    assert after == before, (pledge, call, args, before, after)

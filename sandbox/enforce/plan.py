@@ -160,12 +160,16 @@ def trace_rules(rules: Iterable[Rule]) -> tuple[Rule, ...]:
     only reads it to name what Landlock will refuse (sandbox.parent.denials)."""
     from sandbox.parent.denials import TRACED
 
-    return tuple(
+    rules = list(rules)
+    traced = [
         replace(r, action="notify", handler="trace")
-        if r.syscall in TRACED and r.action == "allow"
-        else r
         for r in rules
-    )
+        if r.syscall in TRACED and r.action == "allow"
+    ]
+    rest = [r for r in rules if not (r.syscall in TRACED and r.action == "allow")]
+    # First: where a call also matches another notify rule (execpromises), the traced one
+    # decides, as the allow rule it replaces would have (match() takes the first of equals).
+    return (*traced, *rest)
 
 
 def compile_plan(
