@@ -99,6 +99,13 @@ def _open_path_to(directory: Path) -> None:
 @functools.lru_cache(maxsize=1)
 def _check_usable() -> None:
     """The venv and this checkout must be usable by the user (ci/setup sees to the venv)."""
+    mode = os.stat("/dev/null").st_mode & 0o7777
+    if mode != 0o666:
+        # Seen on the shared test machine: a test as root changed it through a descriptor.
+        raise AssertionError(
+            f"/dev/null has mode {mode:04o}, not 0666: ordinary users' programs fail on it "
+            "(ldconfig, subprocess); a process running as root changed it (chmod 666 /dev/null)"
+        )
     p = subprocess.run(
         [*_switch(), PY, "-c", "import sandbox, pyseccomp, prctl, yaml"],
         capture_output=True,
