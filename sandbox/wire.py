@@ -17,6 +17,7 @@ import array
 import contextlib
 import json
 import os
+import select
 import socket
 from typing import Any
 
@@ -40,8 +41,22 @@ class ChannelClosed(EOFError):
 
 
 def json_bytes(obj: dict[str, Any]) -> bytes:
-    """The JSON of a message, whatever its size (for payloads sent in a memfd)."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    """The JSON of a message, whatever its size (for payloads sent in a memfd).
+
+    The one place that makes a message safe to send, whatever text it carries. Strings come
+    from the agent (paths, URLs, promise words it sent, echoed in refusals) and from the
+    filesystem (os.fsdecode keeps a name that is not UTF-8 as lone surrogates): such text
+    is data, never an error. A lone surrogate cannot be encoded as UTF-8, so it is written
+    as its JSON escape (backslashreplace turns U+D800 into the six characters \\ud800, which
+    is exactly JSON's escape, and surrogates only ever occur inside JSON strings); the
+    other side's json.loads gives the same string back, and os.fsencode of a name the
+    same bytes. WireError for what is not JSON data at all (a programming error).
+    """
+    try:
+        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise WireError(f"message is not JSON data: {e}") from None
+    return text.encode("utf-8", "backslashreplace")
 
 
 def encode(obj: dict[str, Any]) -> bytes:
@@ -109,6 +124,12 @@ def _close_all(fds: list[int]) -> None:
             os.close(fd)
 
 
+def _peer_gone(sock: socket.socket) -> bool:
+    poller = select.poll()
+    poller.register(sock, select.POLLRDHUP)
+    return any(ev & (select.POLLHUP | select.POLLRDHUP) for _, ev in poller.poll(0))
+
+
 def recv(sock: socket.socket, *, reply: bool = False) -> tuple[dict[str, Any], int | None]:
     """Receive one message and its descriptor (close-on-exec), or raise.
 
@@ -118,8 +139,12 @@ def recv(sock: socket.socket, *, reply: bool = False) -> tuple[dict[str, Any], i
     data, ancdata, msg_flags, _ = sock.recvmsg(MAX_FRAME, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC)
     fds = _take_fds(ancdata)
     if not data and not fds:
-        # A zero-length message reads the same as end of stream: treat both as closing.
-        raise ChannelClosed("the other end closed the channel")
+        # A zero-length message reads the same as end of stream. Only a peer that has shut
+        # down (or closed) its end has ended the channel; a live peer sent an empty frame,
+        # which is a malformed message to be answered, not a reason to stop listening.
+        if _peer_gone(sock):
+            raise ChannelClosed("the other end closed the channel")
+        raise WireError("empty frame (a message of zero bytes)")
     try:
         if msg_flags & socket.MSG_TRUNC:
             raise WireError(f"frame larger than {MAX_FRAME} bytes")

@@ -91,6 +91,22 @@ def _sendmsg() -> int:
     return raw("sendmsg", STATE["pair"][0].fileno(), ctypes.addressof(msghdr), 0)
 
 
+def _udp() -> None:
+    STATE["udp"] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+
+def _multicast_loop() -> int:
+    one = ctypes.c_int(1)
+    return raw(
+        "setsockopt",
+        STATE["udp"].fileno(),
+        socket.IPPROTO_IP,
+        socket.IP_MULTICAST_LOOP,
+        ctypes.addressof(one),
+        4,
+    )
+
+
 def _winsize() -> int:
     buf = ctypes.create_string_buffer(8)
     return raw("ioctl", STATE["pty"][1], S.TIOCSWINSZ, ctypes.addressof(buf))
@@ -155,6 +171,7 @@ CASES = [
         lambda: raw("socket", S.AF_INET, S.SOCK_STREAM | S.SOCK_CLOEXEC, 0),
         frozenset({"inet"}),
     ),
+    Case("mcast", _multicast_loop, frozenset({"inet", "mcast"}), frozenset({"inet"}), setup=_udp),
     Case("unix", lambda: raw("socket", S.AF_UNIX, S.SOCK_STREAM, 0), frozenset({"unix"})),
     Case("dns", lambda: raw("socket", S.AF_INET6, S.SOCK_DGRAM, 0), frozenset({"dns"})),
     Case("sendfd", _sendmsg, frozenset({"sendfd"}), frozenset({"rpath"}), setup=_mkfile),
@@ -428,7 +445,8 @@ def test_promise_names() -> None:
         ]
     )
     assert expected <= P.PROMISE_NAMES
-    assert P.PROMISE_NAMES - expected == {"unveil", "jit"}
+    # Additions: unveil (OpenBSD asks for it after pledge), jit and mcast (SPEC section 5).
+    assert P.PROMISE_NAMES - expected == {"unveil", "jit", "mcast"}
 
 
 def test_rules_for() -> None:

@@ -18,6 +18,7 @@ them. seccomp filters are synchronised to every thread (TSYNC).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -32,6 +33,7 @@ from sandbox.enforce.plan import seccomp_rules
 from sandbox.enforce.promises import PROMISE_NAMES, rules_for
 from sandbox.policy.model import PERM_LETTERS, perm_string
 from sandbox.protocol import (
+    ENV_AGENT,
     ENV_BROKER_FD,
     ENV_LANDLOCK_FLAGS,
     ENV_LOCK,
@@ -145,7 +147,18 @@ def _parse(promises: str | Iterable[str]) -> tuple[frozenset[str], frozenset[str
 
 
 def _launched() -> bool:
+    """Under `sandbox run` with lock: agent: the first pledge is the lock."""
     return os.environ.get(ENV_LOCK) == "agent" and ENV_BROKER_FD in os.environ
+
+
+def _launched_exec() -> bool:
+    """Under `sandbox run` with lock: exec: the launcher locked; a pledge only narrows,
+    and the parent is told so that it records it (and explains a kernel kill)."""
+    return (
+        os.environ.get(ENV_LOCK) is None
+        and ENV_BROKER_FD in os.environ
+        and (ENV_AGENT in os.environ)
+    )
 
 
 def pledge(
@@ -178,6 +191,11 @@ def pledge(
             if exe is not None:
                 raise _err(errno.EINVAL, "execpromises need promises on the first pledge")
             return
+        if exe is not None and not exe <= new:
+            # Filters only stack, so an exec'd program can never hold more than its parent:
+            # execpromises wider than the promises would kill it at its first such call.
+            # Refused as Cosmopolitan does (EINVAL), and as the policy loader does.
+            raise _err(errno.EINVAL, f"execpromise {sorted(exe - new)[0]!r} is not in the promises")
         first = held is None
         # Every refusal comes before anything is locked: a failed pledge changes nothing.
         if _launched() and not first and exe != _execpromises:
@@ -196,6 +214,15 @@ def pledge(
         _lock_unveil()
         if _launched() and first:
             _lock_with_parent(new, caps, exe)
+        elif _launched_exec():
+            # lock: exec: the parent records the narrowing before it takes effect and says
+            # which violation mode the kernel applies. If the channel is gone (the program
+            # closed fd 3), the narrowing still holds, with the strictest mode.
+            violation = "kill"
+            with contextlib.suppress(OSError, wire.WireError):
+                reply = _tell_parent(new, caps, exe, listener=None)
+                violation = str(reply.get("violation", "kill"))
+            _install_local(new, violation)
         else:
             _install_local(new)
             if _launched():
@@ -203,9 +230,10 @@ def pledge(
         _promises, _capabilities, _execpromises = new, caps, exe
 
 
-def _install_local(new: frozenset[str]) -> None:
+def _install_local(new: frozenset[str], violation: str | None = None) -> None:
     """A filter with no listener: the kernel itself applies the violation action."""
-    violation = os.environ.get(ENV_VIOLATION, "kill") if _launched() else "kill"
+    if violation is None:
+        violation = os.environ.get(ENV_VIOLATION, "kill") if _launched() else "kill"
     filt = seccomp.build_filter(
         rules_for(new),
         violation=seccomp.KERNEL_ACTIONS.get(violation, "kill"),
@@ -232,7 +260,7 @@ def _lock_with_parent(
 
 def _tell_parent(
     new: frozenset[str], caps: frozenset[str], exe: frozenset[str] | None, listener: int | None
-) -> None:
+) -> dict[str, object]:
     fd = int(os.environ[ENV_BROKER_FD])
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=fd)
     try:
@@ -251,5 +279,6 @@ def _tell_parent(
             # The parent ends an agent whose declaration exceeds its policy; if we are
             # still here, fail closed all the same.
             raise _err(errno.EPERM, str(reply.get("message", "lock refused by the parent")))
+        return reply
     finally:
         sock.detach()

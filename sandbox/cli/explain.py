@@ -173,11 +173,36 @@ def doctor_json(policy: Policy | None = None, feats: Features | None = None) -> 
         "memfd_noexec_seal": feats.memfd_noexec,
         "this_user": _for_this_user(feats),
     }
+    data["audit_log"] = audit_log_space()
     if policy is not None:
         plan: Plan = compile_plan(policy, feats)
         data["policy"] = policy.name
         data["lost_under_best_effort"] = [f"{r.name}: {r.missing}" for r in plan.missing]
     return data
+
+
+def audit_log_space(path: str | None = None) -> dict[str, Any]:
+    """Where the default audit log is, the free space there, and what the log needs."""
+    import os
+
+    from sandbox.cli.main import default_audit_log
+    from sandbox.parent import ratelimit
+
+    path = path or default_audit_log()
+    probe_dir = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(probe_dir) and probe_dir != "/":
+        probe_dir = os.path.dirname(probe_dir)
+    try:
+        st = os.statvfs(probe_dir)
+        free: int | None = st.f_bavail * st.f_frsize
+    except OSError:
+        free = None
+    return {
+        "path": path,
+        "free_bytes": free,
+        "flood_bytes_per_agent_hour": ratelimit.flood_bytes_per_hour(),
+        "bytes_per_operation": 400,
+    }
 
 
 def doctor_text(policy: Policy | None = None, feats: Features | None = None) -> str:
@@ -213,6 +238,15 @@ def doctor_text(policy: Policy | None = None, feats: Features | None = None) -> 
             else f"NO: {u['landlock_refusals_refused']}; `sandbox run --trace-unveil` "
             "has the parent name them instead (slower)"
         ),
+    ]
+    log = d["audit_log"]
+    free = "unknown" if log["free_bytes"] is None else f"{log['free_bytes'] / 1e6:,.0f} MB free"
+    lines += [
+        f"audit log                   {log['path']} ({free})",
+        "  needs                     about "
+        f"{log['flood_bytes_per_agent_hour'] / 1e6:.0f} MB per agent-hour of refusals at worst "
+        f"(rate-limited), {log['bytes_per_operation']} bytes per brokered operation; a full "
+        "disk refuses operations and ends the agent, the log stays intact",
     ]
     if "policy" in d:
         lost = d["lost_under_best_effort"]

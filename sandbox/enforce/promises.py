@@ -18,11 +18,13 @@ Semantics of a rule set:
 
 from __future__ import annotations
 
+import errno
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from sandbox.enforce import sockopts
 from sandbox.enforce import syscalls as S
 from sandbox.enforce.rules import (
     SELF_PID,
@@ -68,8 +70,16 @@ def _r(
     also: Iterable[str] = (),
     action: RuleAction = "allow",
     handler: str | None = None,
+    unless: Iterable[str] = (),
 ) -> Rule:
-    return Rule(name, tuple(args), action=action, handler=handler, also=frozenset(also))
+    return Rule(
+        name,
+        tuple(args),
+        action=action,
+        handler=handler,
+        also=frozenset(also),
+        unless=frozenset(unless),
+    )
 
 
 def _each(
@@ -203,13 +213,49 @@ _STDIO_CALLS = (
     "futex", "futex_waitv", "set_robust_list", "get_robust_list", "rseq", "set_tid_address",
     # children it may already have (OpenBSD: wait4 is stdio)
     "wait4", "waitid",
-    # sockets it already holds
-    "recvfrom", "recvmsg", "recvmmsg", "sendmsg", "sendmmsg", "shutdown", "getsockname",
-    "getpeername", "getsockopt",
+    # sockets it already holds (sendmsg, sendmmsg and sendto: see _SENDS)
+    "recvfrom", "recvmsg", "recvmmsg", "shutdown", "getsockname", "getpeername",
+    "getsockopt",
 )  # fmt: skip
+
+# TCP Fast Open connects inside a send (sendto/sendmsg/sendmmsg with MSG_FASTOPEN), past
+# the security hook that Landlock's TCP port rules use: a Fast Open send reached ports that
+# network.connect does not list (shown in tests/test_hardening.py). No send may carry the
+# flag, whoever holds the socket (an inherited one included). The calls that do are
+# refused, recorded, and fail with EOPNOTSUPP, as on a kernel with client Fast Open
+# disabled, so a client that tries it goes on with an ordinary connect.
+_NO_FASTOPEN = {"sendto": 3, "sendmsg": 2, "sendmmsg": 3}  # call -> index of its flags
+
+
+def _send(name: str, *args: Arg, also: Iterable[str] = ()) -> Rule:
+    return _r(name, _bits(_NO_FASTOPEN[name], S.MSG_FASTOPEN, 0), *args, also=also)
+
+
+_SENDS = (_send("sendmsg"), _send("sendmmsg"))
+# Calls that no promise allows which a common program tries and copes with failing: the
+# parent records them and answers with the errno of a kernel without the feature, in every
+# violation mode (sandbox.parent.notify, handler "unsupported").
+UNSUPPORTED: Mapping[str, tuple[int, str]] = MappingProxyType(
+    {
+        "sendto": (errno.EOPNOTSUPP, "TCP Fast Open bypasses Landlock's TCP port rules"),
+        "sendmsg": (errno.EOPNOTSUPP, "TCP Fast Open bypasses Landlock's TCP port rules"),
+        "sendmmsg": (errno.EOPNOTSUPP, "TCP Fast Open bypasses Landlock's TCP port rules"),
+        "socket": (
+            errno.EPROTONOSUPPORT,
+            "MPTCP bypasses Landlock's TCP port rules (Go and others probe it and fall back)",
+        ),
+        "setsockopt": (errno.ENOPROTOOPT, "TCP Fast Open bypasses Landlock's TCP port rules"),
+    }
+)
+_FASTOPEN_REFUSED = tuple(
+    _r(name, _bits(index, S.MSG_FASTOPEN, S.MSG_FASTOPEN), action="notify", handler="unsupported")
+    for name, index in _NO_FASTOPEN.items()
+)
 
 _STDIO = (
     *_calls(*_STDIO_CALLS),
+    *_SENDS,
+    *_FASTOPEN_REFUSED,
     *_MEMORY_STDIO,
     *_each("ioctl", 1, _STDIO_IOCTLS),
     *_each("fcntl", 1, _STDIO_FCNTLS),
@@ -221,7 +267,7 @@ _STDIO = (
     _r("newfstatat", _bits(3, S.AT_EMPTY_PATH, S.AT_EMPTY_PATH)),
     _r("statx", _bits(2, S.AT_EMPTY_PATH, S.AT_EMPTY_PATH)),
     # sendto on a connected socket; an address needs inet/unix (or dns, via the parent)
-    _r("sendto", _eq(4, 0)),
+    _send("sendto", _eq(4, 0)),
     # OpenBSD's stdio allows socketpair(AF_UNIX): a channel to nothing but oneself
     _r("socketpair", _eq(0, S.AF_UNIX)),
     # signals to itself only; SELF_PID is the pid at lock (sound without 'proc': see rules.py)
@@ -237,11 +283,42 @@ _STDIO = (
     _r("personality", _eq(0, 0)),
 )
 
-_INET_SOCKETS = tuple(
-    _r("socket", _eq(0, af), _bits(1, S.SOCK_TYPE_MASK, t))
-    for af in (S.AF_INET, S.AF_INET6)
-    for t in (S.SOCK_STREAM, S.SOCK_DGRAM)
-)
+# Only the protocols Landlock's TCP rules cover, or that need none: TCP (0 or IPPROTO_TCP)
+# for streams; UDP and ping sockets (ICMP, ICMPv6) for datagrams. MPTCP, SCTP and SMC are
+# stream protocols Landlock does not see: an MPTCP socket connected and bound to ports
+# network: does not list (tests/test_hardening.py shows it). Go probes MPTCP and falls
+# back when it is refused, so MPTCP fails with EPROTONOSUPPORT (recorded); the others are
+# violations like any call outside the pledge.
+_STREAM_PROTOCOLS = (0, S.IPPROTO_TCP)
+_DGRAM_PROTOCOLS = {
+    S.AF_INET: (0, S.IPPROTO_UDP, S.IPPROTO_ICMP),
+    S.AF_INET6: (0, S.IPPROTO_UDP, S.IPPROTO_ICMPV6),
+}
+
+
+def _ip_sockets(dgram: Mapping[int, tuple[int, ...]]) -> tuple[Rule, ...]:
+    rows = []
+    for af in (S.AF_INET, S.AF_INET6):
+        kinds = ((S.SOCK_STREAM, _STREAM_PROTOCOLS), (S.SOCK_DGRAM, dgram[af]))
+        for kind, protocols in kinds:
+            rows += [
+                _r("socket", _eq(0, af), _bits(1, S.SOCK_TYPE_MASK, kind), _eq(2, proto))
+                for proto in protocols
+            ]
+        rows.append(
+            _r(
+                "socket",
+                _eq(0, af),
+                _bits(1, S.SOCK_TYPE_MASK, S.SOCK_STREAM),
+                _eq(2, S.IPPROTO_MPTCP),
+                action="notify",
+                handler="unsupported",
+            )
+        )
+    return tuple(rows)
+
+
+_INET_SOCKETS = _ip_sockets(_DGRAM_PROTOCOLS)
 _UNIX_SOCKETS = tuple(
     _r("socket", _eq(0, S.AF_UNIX), _bits(1, S.SOCK_TYPE_MASK, t))
     for t in (S.SOCK_STREAM, S.SOCK_DGRAM, S.SOCK_SEQPACKET)
@@ -249,7 +326,25 @@ _UNIX_SOCKETS = tuple(
 # glibc's getaddrinfo(AI_ADDRCONFIG) asks rtnetlink which address families are configured;
 # when the socket fails it assumes both, so ENOSYS is harmless and keeps netlink closed.
 _NETLINK_ENOSYS = _r("socket", _eq(0, S.AF_NETLINK), action="enosys")
-_SOCKET_CALLS = ("bind", "connect", "listen", "accept", "accept4", "sendto")
+_SOCKET_CALLS = ("bind", "connect", "listen", "accept", "accept4")
+_TCP_FASTOPEN_CONNECT = _r(
+    "setsockopt",
+    _eq(1, S.IPPROTO_TCP),
+    _eq(2, sockopts.TCP_FASTOPEN_CONNECT),
+    action="notify",
+    handler="unsupported",
+)
+
+
+def _sockopts(promise: str) -> tuple[Rule, ...]:
+    """setsockopt rows by level and name (sandbox.enforce.sockopts), as OpenBSD's table."""
+    also = ("inet",) if promise == "mcast" else ()
+    return tuple(
+        _r("setsockopt", _eq(1, level), _eq(2, name), also=also)
+        for level, options in sockopts.BY_PROMISE[promise]
+        for name in options
+    )
+
 
 # glibc asks nscd (a unix socket) before reading files for names and users; when the socket
 # cannot be created it reads the files. ENOSYS keeps unix sockets closed without a violation.
@@ -259,20 +354,22 @@ _NSCD_ENOSYS = _r(
 
 _DNS = (
     _NSCD_ENOSYS,
-    *(
-        _r("socket", _eq(0, af), _bits(1, S.SOCK_TYPE_MASK, t))
-        for af in (S.AF_INET, S.AF_INET6)
-        for t in (S.SOCK_DGRAM, S.SOCK_STREAM)  # TCP: the resolver's fallback for large answers
-    ),
+    # UDP, and TCP: the resolver's fallback for large answers
+    *_ip_sockets({S.AF_INET: (0, S.IPPROTO_UDP), S.AF_INET6: (0, S.IPPROTO_UDP)}),
     _NETLINK_ENOSYS,
     # The parent checks that the address is a nameserver on port 53 and performs the call
-    # itself on a duplicate of the socket. Superseded by the plain allow rows of 'inet'.
+    # itself on a duplicate of the socket. Superseded by the allow rows of 'inet'.
     _r("connect", action="notify", handler="dns"),
-    _r("sendto", Arg(4, "ne", 0), action="notify", handler="dns"),
-    _r("setsockopt", _eq(1, S.SOL_SOCKET)),
+    _r(
+        "sendto",
+        _bits(3, S.MSG_FASTOPEN, 0),
+        Arg(4, "ne", 0),
+        action="notify",
+        handler="dns",
+        unless=("inet",),
+    ),
     # glibc's resolver asks for IP_RECVERR / IPV6_RECVERR on its UDP socket.
-    _r("setsockopt", _eq(1, S.IPPROTO_IP)),
-    _r("setsockopt", _eq(1, S.IPPROTO_IPV6)),
+    *_sockopts("dns"),
 )
 
 
@@ -365,18 +462,23 @@ PROMISES: Mapping[str, Promise] = MappingProxyType(
                 *_INET_SOCKETS,
                 _NETLINK_ENOSYS,
                 *_calls(*_SOCKET_CALLS),
-                *_each(
-                    "setsockopt",
-                    1,
-                    (S.SOL_SOCKET, S.IPPROTO_IP, S.IPPROTO_TCP, S.IPPROTO_UDP, S.IPPROTO_IPV6),
-                ),
+                _send("sendto"),
+                *_sockopts("inet"),
+                _TCP_FASTOPEN_CONNECT,
+            ),
+            _promise(
+                "mcast",
+                "multicast socket options (IP_MULTICAST_IF/TTL/LOOP, IP_ADD_MEMBERSHIP, "
+                "IPV6_JOIN_GROUP, MCAST_*), with inet, as OpenBSD's mcast",
+                *_sockopts("mcast"),
             ),
             _promise(
                 "unix",
                 "AF_UNIX sockets: socket, connect, bind, listen, accept, sendto with an address",
                 *_UNIX_SOCKETS,
                 *_calls(*_SOCKET_CALLS),
-                _r("setsockopt", _eq(1, S.SOL_SOCKET)),
+                _send("sendto"),
+                *_sockopts("unix"),
             ),
             _promise(
                 "dns",
@@ -388,7 +490,7 @@ PROMISES: Mapping[str, Promise] = MappingProxyType(
                 "sendfd",
                 "send descriptors (SCM_RIGHTS): seccomp cannot read the control message, so "
                 "this is sendmsg/sendmmsg, which stdio already allows",
-                *_calls("sendmsg", "sendmmsg"),
+                *_SENDS,
             ),
             _promise(
                 "recvfd",
@@ -540,7 +642,9 @@ PROMISE_NAMES: frozenset[str] = frozenset(PROMISES)
 # seccomp() itself, which can only add filters (narrow), like OpenBSD's pledge(2).
 ALWAYS: tuple[Rule, ...] = (
     *_calls("exit", "exit_group", "rt_sigreturn", "restart_syscall", "seccomp"),
-    *(_r(n, _eq(0, BROKER_FD)) for n in ("read", "write", "recvmsg", "sendmsg", "close")),
+    *(_r(n, _eq(0, BROKER_FD)) for n in ("read", "write", "recvmsg", "close")),
+    # An agent can put any socket at fd 3 (dup2): never a Fast Open send, even there.
+    _send("sendmsg", _eq(0, BROKER_FD)),
 )
 
 NEVER: Mapping[str, str] = MappingProxyType(
@@ -658,12 +762,21 @@ def rules_for(promises: Iterable[str]) -> list[Rule]:
     out: dict[Rule, None] = dict.fromkeys(ALWAYS)
     for name in _canonical(pledged):
         for rule in PROMISES[name].rules:
-            if rule.also <= pledged:
+            if rule.also <= pledged and not rule.unless & pledged:
                 out.setdefault(rule, None)
     # A fallback (enosys) row is superseded by another promise's allow row of the same shape
     # (e.g. dns's nscd row when 'unix' is pledged too).
     allowed = {(r.syscall, r.args) for r in out if r.action == "allow"}
     return [r for r in out if r.action == "allow" or (r.syscall, r.args) not in allowed]
+
+
+def never_allowed(syscall: str, args: Sequence[int]) -> bool:
+    """Whether the call is on the never list (NEVER, or NEVER_ARGS for these arguments).
+
+    Not the same as "no promise allows it": an fcntl command no promise knows is refused
+    like any call outside the pledge (by the policy's `violation:`), not as a danger.
+    """
+    return syscall in NEVER or any(rule_matches(r, syscall, args) for r, _ in NEVER_ARGS)
 
 
 # Promises named in a violation message only when nothing narrower allows the call.
@@ -898,7 +1011,8 @@ _ARG_NAMES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "read": ("fd",),
         "write": ("fd",),
         "recvmsg": ("fd",),
-        "sendmsg": ("fd",),
+        "sendmsg": ("fd", "msg", "flags"),
+        "sendmmsg": ("fd", "msgvec", "vlen", "flags"),
         "close": ("fd",),
     }
 )
@@ -930,9 +1044,28 @@ _VALUE_KINDS: Mapping[tuple[str, int], str] = MappingProxyType(
 )
 
 
+# Names of values this table uses that the decoder does not name by kind.
+_PROTOCOL_NAMES = {
+    S.IPPROTO_TCP: "IPPROTO_TCP",
+    S.IPPROTO_UDP: "IPPROTO_UDP",
+    S.IPPROTO_ICMP: "IPPROTO_ICMP",
+    S.IPPROTO_ICMPV6: "IPPROTO_ICMPV6",
+    S.IPPROTO_MPTCP: "IPPROTO_MPTCP",
+}
+_LOCAL_NAMES: Mapping[tuple[str, int], Mapping[int, str]] = MappingProxyType(
+    {
+        ("socket", 2): _PROTOCOL_NAMES,
+        **{(call, i): {S.MSG_FASTOPEN: "MSG_FASTOPEN"} for call, i in _NO_FASTOPEN.items()},
+    }
+)
+
+
 def _fmt_value(syscall: str, index: int, value: int, *, mask: bool = False) -> str:
     if value == SELF_PID:
         return "the caller's pid"
+    local = _LOCAL_NAMES.get((syscall, index), {}).get(value)
+    if local is not None:
+        return local
     kind = _VALUE_KINDS.get((syscall, index))
     if kind is None:
         return hex(value) if value > 9 else str(value)
@@ -957,8 +1090,12 @@ _OP_SIGNS: Mapping[str, str] = MappingProxyType(
 def describe_rule(rule: Rule) -> str:
     """`syscall: condition AND condition` in words, e.g. for `sandbox promises`."""
     conds = []
+    level = next((a.value for a in rule.args if a.index == 1 and a.op == "eq"), None)
     for a in rule.args:
         name = _arg_name(rule.syscall, a.index)
+        if rule.syscall == "setsockopt" and a.index == 2 and a.op == "eq" and level is not None:
+            conds.append(f"{name} == {sockopts.option_name(level, a.value)}")
+            continue
         if a.op == "masked_eq":
             mask = _fmt_value(rule.syscall, a.index, a.mask, mask=True)
             if a.mask & 0xFFFFFFFF == 0xFFFFFFFF and a.mask >> 32 == 0:
@@ -982,6 +1119,30 @@ def describe_rule(rule: Rule) -> str:
     return text
 
 
+def _describe_rules(rules: Iterable[Rule]) -> list[str]:
+    """describe_rule of each rule; the setsockopt rows of one level as one line."""
+    out: list[str] = []
+    grouped: dict[tuple[int, frozenset[str]], list[str]] = {}
+    for rule in rules:
+        args = {a.index: a for a in rule.args}
+        if rule.syscall == "setsockopt" and set(args) == {1, 2} and rule.action == "allow":
+            key = (args[1].value, rule.also)
+            if key not in grouped:
+                grouped[key] = []
+                out.append(f"\0{len(grouped) - 1}")  # placeholder, filled below
+            grouped[key].append(sockopts.option_name(args[1].value, args[2].value))
+            continue
+        out.append(describe_rule(rule))
+    lines = []
+    for (lvl, also), names in grouped.items():
+        level_name = S.format_value("sol", lvl)
+        text = f"setsockopt: level == {level_name} and optname in {{{', '.join(names)}}}"
+        if also:
+            text += f" [with {' '.join(_canonical(also))}]"
+        lines.append(text)
+    return [lines[int(x[1:])] if x.startswith("\0") else x for x in out]
+
+
 def describe() -> list[dict[str, object]]:
     """Every promise with its calls and conditions, then the calls never allowed."""
     out: list[dict[str, object]] = []
@@ -990,7 +1151,7 @@ def describe() -> list[dict[str, object]]:
             {
                 "promise": p.name,
                 "summary": p.summary,
-                "syscalls": [describe_rule(r) for r in p.rules],
+                "syscalls": _describe_rules(p.rules),
                 "unveils": [f"{path}:{perms}" for path, perms in IMPLIED_UNVEILS.get(p.name, ())],
                 "weakens": p.weakens or None,
             }

@@ -53,6 +53,10 @@ class Rule:
     # Other promises that must ALSO be pledged for this rule to apply (e.g. O_CREAT with
     # write access needs both 'cpath' and 'wpath').
     also: frozenset[str] = frozenset()
+    # Promises whose rows replace this one when pledged (dns's parent-decided sendto is
+    # not wanted where inet allows sendto outright); keeps rows of different actions on
+    # one call disjoint, which the compiler relies on.
+    unless: frozenset[str] = frozenset()
 
 
 _U64 = 0xFFFFFFFFFFFFFFFF

@@ -66,6 +66,13 @@ REQUIRED: Mapping[str, tuple[tuple[str, ...], ...]] = MappingProxyType(
         "exit": (("pid",), ("status", "signal")),
         # A refusal by Landlock (sandbox.parent.denials): what and how to allow it.
         "denied": (("pid",), ("syscall",), ("access",), ("fix",), ("source",)),
+        # Additions to SPEC's kinds (see the README's audit-log table):
+        # refusals not written whole because an agent exceeded the rate limit, counted
+        # (sandbox.parent.ratelimit): one record per window instead of one per refusal.
+        "suppressed": (("pid",), ("count",), ("window",), ("counts",)),
+        # a handler of the parent failed on what an agent sent; the agent got an error
+        # reply (or its call an error) and the parent went on.
+        "error": (("pid",), ("where",), ("error",)),
     }
 )
 COMMON_KEYS = ("seq", "time", "kind", "agent")
@@ -76,6 +83,11 @@ RESERVED_KEYS = frozenset({*COMMON_KEYS, "prev"})
 MAX_STRING = 4096  # characters; longer strings are cut and marked
 MAX_RECORD = 64 * 1024  # bytes of one serialised line
 MAX_DEPTH = 16  # nesting of lists/objects in a field value
+# A reader accepts no more: a line longer than any record, or nested deeper than any
+# record can be, was not written by this log, and reading it must neither exhaust memory
+# nor recurse without bound (json.loads recurses once per level).
+MAX_LINE = MAX_RECORD + 1  # bytes, newline included
+MAX_READ_DEPTH = MAX_DEPTH + 2  # the record object and one field level around the values
 # One commit is written in os.write() calls of at most this many bytes, each holding
 # whole records only, so a line is never split between two write() calls. On Linux a
 # write() to a regular O_APPEND file is done under the inode lock and cannot interleave
@@ -202,18 +214,28 @@ def build_line(seq: int, kind: str, agent: str, fields: Mapping[str, Any], prev:
 # ---------------------------------------------------------------------------- tail
 
 
-def _last_line_start(fd: int, end: int) -> int:
-    """Offset just after the last b"\\n" before `end` (0 if none): reads backwards."""
-    chunk, pos, buf = 4096, end, b""
-    while pos > 0:
-        start = max(0, pos - chunk)
-        buf = os.pread(fd, pos - start, start) + buf
-        pos = start
-        cut = buf.rfind(b"\n")
-        if cut >= 0:
-            return pos + cut + 1
-        chunk = min(chunk * 2, 1 << 20)
-    return 0
+def _last_line_start(fd: int, end: int) -> int | None:
+    """Offset just after the last b"\\n" before `end` (0 if none), reading backwards at most
+    MAX_LINE bytes: None if the last line is longer than any record can be."""
+    limit = max(0, end - MAX_LINE - 1)
+    start = max(limit, 0)
+    buf = os.pread(fd, end - start, start)
+    cut = buf.rfind(b"\n")
+    if cut >= 0:
+        return start + cut + 1
+    return 0 if start == 0 else None
+
+
+def _line_number(fd: int, offset: int) -> int:
+    """The number (from 1) of the line that starts at `offset` (error messages only)."""
+    lines, pos = 1, 0
+    while pos < offset:
+        chunk = os.pread(fd, min(1 << 20, offset - pos), pos)
+        if not chunk:
+            break
+        lines += chunk.count(b"\n")
+        pos += len(chunk)
+    return lines
 
 
 def _read_tail(fd: int, size: int, path: str) -> tuple[int, str]:
@@ -222,28 +244,43 @@ def _read_tail(fd: int, size: int, path: str) -> tuple[int, str]:
         return 0, ZERO_HASH
     if os.pread(fd, 1, size - 1) != b"\n":
         # A write cut short: SIGKILL between two pages of a write() (observed with group
-        # commits), a full disk, a power loss. The cut record's commit never returned, so
-        # the operation it describes never took effect (write-ahead): dropping it loses
-        # nothing that happened. That is the operator's call, not ours.
+        # commits), a power loss. (A full disk leaves no partial line: a failed commit
+        # cuts what it wrote off again, see AuditLog._commit_locked.) The cut record's
+        # commit never returned, so the operation it describes never took effect
+        # (write-ahead): dropping it loses nothing that happened. That is the operator's
+        # call, not ours.
         good = _last_line_start(fd, size)
+        where = f"{path}:{_line_number(fd, good)}" if good is not None else path
+        cut = (
+            f"cut the partial line off with 'truncate -s {good} {path}'"
+            if good is not None
+            else "find where its last record ends (the line is longer than any record)"
+        )
         raise AuditError(
-            f"{path}: the last line is incomplete (a write cut short by a crash or a full "
-            f"disk); refusing to append after it. Check it with 'sandbox audit verify "
-            f"{path}'; to continue the log, cut the partial line off with "
-            f"'truncate -s {good} {path}'."
+            f"{where}: the last line is incomplete (a write cut short by a crash); refusing "
+            f"to append after it. Check it with 'sandbox audit verify {path}'; to continue "
+            f"the log, {cut}."
         )
     start = _last_line_start(fd, size - 1)
-    line = os.pread(fd, size - 1 - start, start)
-    try:
-        record = json.loads(line)
-        seq = record["seq"]
-    except (ValueError, TypeError, KeyError) as e:
+    if start is None:
         raise AuditError(
-            f"{path}: the last record is not a valid audit record ({e}); refusing to "
-            f"continue the chain. Run 'sandbox audit verify {path}'."
-        ) from None
+            f"{path}:{_line_number(fd, size - 1)}: the last line is longer than any audit "
+            f"record ({MAX_RECORD} bytes); refusing to continue the chain. Run 'sandbox audit "
+            f"verify {path}'."
+        )
+    line = os.pread(fd, size - 1 - start, start)
+    record = _parse(line)
+    seq = record.get("seq") if isinstance(record, dict) else None
+    if not isinstance(record, dict) or "seq" not in record:
+        why = record if isinstance(record, str) else "it has no seq"
+        raise AuditError(
+            f"{path}:{_line_number(fd, start)}: the last record is not a valid audit record "
+            f"({why}); refusing to continue the chain. Run 'sandbox audit verify {path}'."
+        )
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
-        raise AuditError(f"{path}: the last record has a bad seq {seq!r}; run verify")
+        raise AuditError(
+            f"{path}:{_line_number(fd, start)}: the last record has a bad seq {seq!r}; run verify"
+        )
     return seq, _line_hash(line)
 
 
@@ -434,7 +471,11 @@ class AuditLog:
         if not self._buffer:
             return
         lines, self._buffer = self._buffer, []
+        start = -1
         try:
+            # Under the flock no cooperating writer appends, so the file ends here until
+            # our write: where to cut back to if the commit fails.
+            start = os.fstat(self._fd).st_size
             for chunk in _chunks(lines, MAX_WRITE):
                 view = memoryview(chunk)
                 while view:
@@ -446,9 +487,24 @@ class AuditLog:
             os.fdatasync(self._fd)
             self._end = os.fstat(self._fd).st_size
         except OSError as e:
+            # A full disk (or a quota, a file-size limit) stops a write() part of the way
+            # through a line. Cut back what this commit wrote, so that no partial line is
+            # left for the next writer: the records never became durable and the
+            # operations they describe never take effect (write-ahead). Shrinking needs no
+            # space. If even that fails, the partial line stays and the next writer
+            # refuses it with instructions (as after a crash).
+            self._cut_back(start)
             self._unlock_file_quietly()
             raise self._break(f"commit failed: {e.strerror or e}") from None
         self._unlock_file()
+
+    def _cut_back(self, start: int) -> None:
+        if start < 0:
+            return
+        with contextlib.suppress(OSError):
+            if os.fstat(self._fd).st_size > start:
+                os.ftruncate(self._fd, start)
+                os.fdatasync(self._fd)
 
     def _unlock_file_quietly(self) -> None:
         if self._flocked:
@@ -486,6 +542,17 @@ class AuditLog:
         self.close()
 
 
+def record_error(audit: AuditLog, pid: int, where: str, error: BaseException) -> None:
+    """Record that a handler of the parent failed (kind `error`), if the log still works.
+
+    Called where the failure has been answered already (an error reply, EPERM): the record
+    is evidence, not a precondition, so a log that cannot take it changes nothing.
+    """
+    text = f"{type(error).__name__}: {error}"
+    with contextlib.suppress(AuditError, ValueError):
+        audit.record("error", pid=pid, where=where, error=text)
+
+
 def _chunks(lines: list[bytes], bound: int) -> Iterator[bytes]:
     """Concatenations of whole lines, each at most `bound` bytes (or one line if larger)."""
     batch: list[bytes] = []
@@ -503,22 +570,71 @@ def _chunks(lines: list[bytes], bound: int) -> Iterator[bytes]:
 # ---------------------------------------------------------------------------- reading
 
 
+class _LongLine(ValueError):
+    """A line longer than MAX_LINE: not read further (memory is bounded)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(f"line {n}")
+        self.n = n
+
+
 def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes, bool]]:
-    """(line number, bytes without newline, had a newline), splitting on b"\\n" only."""
+    """(line number, bytes without newline, had a newline), splitting on b"\\n" only.
+
+    _LongLine at a line longer than any record (it is not read into memory whole).
+    """
     with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
+        n = 0
+        while raw := f.readline(MAX_LINE + 1):
+            n += 1
+            if len(raw) > MAX_LINE:
+                raise _LongLine(n)
             if raw.endswith(b"\n"):
                 yield n, raw[:-1], True
             else:
                 yield n, raw, False
 
 
-def _parse(line: bytes) -> dict[str, Any] | None:
+def _nesting(line: bytes) -> int:
+    """How deep brackets nest in `line`, counted outside strings (before any parsing)."""
+    if line.count(b"[") + line.count(b"{") <= MAX_READ_DEPTH:
+        return 0  # cannot nest deeper than the limit; most records stop here, fast
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def _parse(line: bytes) -> dict[str, Any] | str:
+    """The record on `line`, or why it is not one ("not valid JSON", ...).
+
+    Bounded whatever the line holds: nesting is measured before json.loads (which recurses
+    once per level and would raise RecursionError, or exhaust the stack), so a hostile
+    line is reported, never a traceback.
+    """
+    if _nesting(line) > MAX_READ_DEPTH:
+        return f"nested deeper than {MAX_READ_DEPTH} levels (no record is)"
     try:
         value = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return "not valid JSON"
+    if not isinstance(value, dict):
+        return "not valid JSON"
+    return value
 
 
 def _check_record(record: dict[str, Any], n: int, prev: str) -> str | None:
@@ -562,24 +678,30 @@ def verify(path: str | os.PathLike[str]) -> VerifyResult:
             if not complete:
                 return bad(n, "truncated (no newline at end of file)")
             record = _parse(line)
-            if record is None:
-                return bad(n, "not valid JSON" if line.strip() else "empty line")
+            if isinstance(record, str):
+                return bad(n, record if line.strip() else "empty line")
             why = _check_record(record, n, prev)
             if why is not None:
                 return bad(n, why)
             prev, count = _line_hash(line), count + 1
+    except _LongLine as e:
+        return bad(e.n, f"longer than {MAX_LINE} bytes (no record is)")
     except OSError as e:
         return VerifyResult(False, count, None, f"cannot read: {e.strerror or e}", prev)
     return VerifyResult(True, count, None, f"{count} records, chain intact", prev)
 
 
 def _records(path: str | os.PathLike[str]) -> Iterator[tuple[bytes, dict[str, Any]]]:
-    for n, line, complete in _lines(path):
-        record = _parse(line) if complete else None
-        if record is None:
-            why = "truncated (no newline at end of file)" if not complete else "not valid JSON"
-            raise AuditError(f"{os.fspath(path)}:{n}: {why}")
-        yield line, record
+    try:
+        for n, line, complete in _lines(path):
+            record = _parse(line) if complete else "truncated (no newline at end of file)"
+            if isinstance(record, str):
+                raise AuditError(f"{os.fspath(path)}:{n}: {record}")
+            yield line, record
+    except _LongLine as e:
+        raise AuditError(
+            f"{os.fspath(path)}:{e.n}: longer than {MAX_LINE} bytes (no record is)"
+        ) from None
 
 
 def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
@@ -664,6 +786,21 @@ def _sum_exit(r: Mapping[str, Any]) -> str:
     return f"signal {sig} ({name})"
 
 
+def _sum_suppressed(r: Mapping[str, Any]) -> str:
+    counts = r.get("counts")
+    shown = (
+        ", ".join(f"{_compact(k)} x{_compact(v)}" for k, v in counts.items())
+        if isinstance(counts, Mapping)
+        else _compact(counts)
+    )
+    count, window = _compact(r.get("count")), _compact(r.get("window"))
+    return f"{count} refusals not recorded whole in {window}s: {shown}"
+
+
+def _sum_error(r: Mapping[str, Any]) -> str:
+    return f"internal error in {_compact(r.get('where'))}: {_compact(r.get('error'))}"
+
+
 def _sum_other(r: Mapping[str, Any]) -> str:
     rest = {k: v for k, v in r.items() if k not in (*RESERVED_KEYS, "pid")}
     return json.dumps(rest, ensure_ascii=False, separators=(",", ":"))
@@ -677,6 +814,8 @@ SUMMARIES: Mapping[str, Callable[[Mapping[str, Any]], str]] = MappingProxyType(
         "op": _sum_op,
         "denied": _sum_denied,
         "exit": _sum_exit,
+        "suppressed": _sum_suppressed,
+        "error": _sum_error,
     }
 )
 SHOW_COLUMNS = ("SEQ", "TIME", "AGENT", "KIND", "PID", "SUMMARY")

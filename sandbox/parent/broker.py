@@ -14,6 +14,12 @@ frames get error replies, descriptors on requests that take none are closed, a f
 bad frames closes the channel, replies are sent with MSG_DONTWAIT and an agent that does
 not read them loses the channel. HTTP requests run in a small thread pool with a bound on
 how many may be pending, so the loop keeps serving while a server is slow.
+
+No exception leaves a request: where the broker plans, performs or hands a request to a
+registered handler, anything unexpected becomes an error reply and an `error` record, and
+the next request is served (the event loop guards the broker as a whole as well). Denied
+requests are recorded through the agent's rate limiter (sandbox.parent.ratelimit), so a
+flood of refusals cannot fill the disk; allowed ones are always recorded, write-ahead.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from sandbox import wire
 from sandbox.parent import resources
-from sandbox.parent.audit import AuditError, AuditLog
+from sandbox.parent.audit import AuditError, AuditLog, record_error
+from sandbox.parent.ratelimit import RateLimiter, op_key
 from sandbox.policy.model import Policy, Resource
 from sandbox.protocol import DEFAULT_ERROR, ERROR_NAMES, OPS, Op, Phase, missing_field, op_of
 
@@ -47,8 +54,9 @@ MAX_FIELD = 256  # characters of an agent-chosen op name kept in a record
 
 Reply = tuple[dict[str, Any], int | None]
 # A handler the lead registers (e.g. "lock"): gets the request and the descriptor that came
-# with it (it then owns that descriptor), returns the reply fields and an optional
-# descriptor to send (the broker closes its copy after sending).
+# with it (it then owns that descriptor, on every path: it must close it even when it
+# raises), returns the reply fields and an optional descriptor to send (the broker closes
+# its copy after sending). An exception becomes an error reply and an `error` record.
 Handler = Callable[[dict[str, Any], int | None], Reply]
 
 
@@ -96,6 +104,10 @@ _ERROR_BASES = {
 }
 
 
+def _internal(error: Exception) -> str:
+    return f"internal error: {type(error).__name__}: {error}"
+
+
 def _str_field(req: Mapping[str, Any], name: str, default: str | None = None) -> str:
     value = req.get(name, default)
     if not isinstance(value, str):
@@ -118,6 +130,7 @@ class Broker:
         audit: AuditLog,
         agent_pid: int,
         environ: Mapping[str, str],
+        limiter: RateLimiter | None = None,
     ) -> None:
         sock.setblocking(False)
         # Room for the replies of a pipelining agent (capped by net.core.wmem_max); an agent
@@ -129,6 +142,7 @@ class Broker:
         self.policy = policy
         self.audit = audit
         self.pid = agent_pid
+        self.limiter = limiter if limiter is not None else RateLimiter(audit, agent_pid)
         self._environ = dict(environ)
         self._dirs = {
             name: resources.DirResource(name, r.path or "")
@@ -196,7 +210,7 @@ class Broker:
             except OSError:  # ECONNRESET and the like: the agent is gone
                 alive = False
                 break
-            jobs.append(self._plan(msg, fd))
+            jobs.append(self._plan_guarded(msg, fd))
         if self._abuse >= ABUSE_LIMIT:
             for job in jobs:
                 self._close_fd(job)
@@ -215,15 +229,28 @@ class Broker:
 
     # ------------------------------------------------------------------ decide
 
-    def _plan(self, msg: dict[str, Any], fd: int | None) -> _Job:
+    def _plan_guarded(self, msg: dict[str, Any], fd: int | None) -> _Job:
         ident: int = msg["id"]
         op = op_of(msg["op"])
         handler = self._handlers.get(op) if op is not None else None
         if handler is not None:
+            # The descriptor goes to the handler's job, which closes it on every path.
             self._abuse = 0
             return _Job(ident, fd=fd, handler=handler, request=msg)
         if fd is not None:  # no built-in operation takes a descriptor
             os.close(fd)
+        try:
+            return self._plan(msg, op)
+        except Exception as e:  # a planner bug: refuse this request, serve the next
+            self._internal_error(f"broker {_clip(msg['op'])}", e)
+            return _Job(ident, reply=error_reply(ident, _internal(e), "OSError"))
+
+    def _internal_error(self, where: str, error: Exception) -> None:
+        if self.limiter.admit(f"error {where} {type(error).__name__}"):
+            record_error(self.audit, self.pid, where, error)
+
+    def _plan(self, msg: dict[str, Any], op: Op | None) -> _Job:
+        ident: int = msg["id"]
         planner = self._ops.get(op) if op is not None else None
         if op is None or planner is None:
             self._abuse += 1
@@ -393,7 +420,7 @@ class Broker:
         appended = False
         try:
             for job in jobs:
-                if job.record is None:
+                if job.record is None or not self._admit(job.record):
                     continue
                 try:
                     self.audit.append("op", **job.record)
@@ -411,12 +438,23 @@ class Broker:
                 job.run = job.http = job.handler = None
                 job.reply = error_reply(job.id, f"audit log unavailable: {e}", "OSError")
 
+    def _admit(self, record: Mapping[str, Any]) -> bool:
+        """Whether to write this op record: always for allowed requests (write-ahead),
+        within the rate limit for denials (they change nothing, so counting is enough)."""
+        if record.get("decision") != "deny":
+            return True
+        return self.limiter.admit(op_key(str(record.get("op")), str(record.get("resource"))))
+
     def _record_after(self, records: list[dict[str, Any]]) -> None:
         """Refusals found while performing (kernel said no): no effect, recorded after."""
         try:
+            appended = False
             for fields in records:
-                self.audit.append("op", **fields)
-            self.audit.commit()
+                if self._admit(fields):
+                    self.audit.append("op", **fields)
+                    appended = True
+            if appended:
+                self.audit.commit()
         except (AuditError, ValueError):
             pass  # the refusal already happened; a broken log refuses the next batch
 
@@ -441,13 +479,13 @@ class Broker:
             self._pool.submit(self._run_http, job.id, job.http, job.record or {})
         elif job.handler is not None:
             fd, job.fd, handler = job.fd, None, job.handler
-            self._reply_from(job, lambda: handler(job.request, fd))
+            self._reply_from(job, lambda: handler(job.request, fd), f"handler {job.request['op']}")
         elif job.run is not None:
-            denial = self._reply_from(job, job.run)
+            denial = self._reply_from(job, job.run, f"broker {job.request.get('op')}")
             if denial is not None and job.record is not None:
                 follow_up.append({**job.record, "decision": "deny", "reason": denial})
 
-    def _reply_from(self, job: _Job, run: Callable[[], Reply]) -> str | None:
+    def _reply_from(self, job: _Job, run: Callable[[], Reply], where: str) -> str | None:
         """Run an operation and send its reply; the reason if it was refused (to record)."""
         try:
             fields, fd = run()
@@ -465,7 +503,8 @@ class Broker:
             self._send(error_reply(job.id, e))
             return None
         except Exception as e:  # a handler bug must not take the parent down
-            self._send(error_reply(job.id, f"internal error: {type(e).__name__}: {e}", "OSError"))
+            self._internal_error(_clip(where), e)
+            self._send(error_reply(job.id, _internal(e), "OSError"))
             return None
         try:
             self._send({**fields, "id": job.id, "ok": True}, fd)
@@ -513,18 +552,10 @@ class Broker:
         try:
             data = wire.encode(reply)
         except wire.WireError:
-            # Too big for a frame (a long listing): the JSON goes in a sealed memfd instead.
-            if fd is not None:
-                reply = error_reply(reply["id"], "reply too large", "OSError")
-            else:
-                from sandbox.parent.httpres import sealed_memfd
-
-                body = sealed_memfd(wire.json_bytes(reply))
-                try:
-                    self._send({"id": reply["id"], "ok": reply["ok"], "memfd": True}, body)
-                finally:
-                    os.close(body)
+            instead = self._oversized(reply, fd)
+            if instead is None:
                 return
+            data, fd = instead, None
         with self._send_lock:
             if self._dead:
                 return
@@ -534,6 +565,28 @@ class Broker:
                 self._drop_locked("channel closed: the agent does not read its replies")
             except OSError:  # EPIPE/ECONNRESET: the agent is gone
                 self._dead = True
+
+    def _oversized(self, reply: dict[str, Any], fd: int | None) -> bytes | None:
+        """A reply that does not fit a frame (a long listing): its JSON goes in a sealed
+        memfd (sent here; None returned), or, with a descriptor of its own, or if it is not
+        JSON data at all, a short error reply is returned to send instead."""
+        ident = reply.get("id", 0)
+        try:
+            body_json = wire.json_bytes(reply) if fd is None else b""
+        except wire.WireError as e:
+            self._internal_error("broker reply", e)
+            body_json = b""
+        if not body_json:
+            why = "reply too large" if fd is not None else "reply could not be encoded"
+            return wire.encode(error_reply(ident, why, "OSError"))
+        from sandbox.parent.httpres import sealed_memfd
+
+        body = sealed_memfd(body_json)
+        try:
+            self._send({"id": ident, "ok": reply.get("ok", False), "memfd": True}, body)
+        finally:
+            os.close(body)
+        return None
 
     def _drop(self, reason: str) -> None:
         with self._send_lock:

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import NoReturn
 
 from sandbox import wire
-from sandbox.enforce import hygiene, mounts, seccomp
+from sandbox.enforce import hygiene, landlock, mounts, seccomp
 from sandbox.enforce.apply import Steps, apply
 from sandbox.enforce.plan import Plan
 from sandbox.enforce.promises import rules_for
@@ -119,7 +119,7 @@ def _agent_init(plan: Plan, steps: Steps) -> Steps:
     if ll is not None and (ll.handled_net or ll.scopes):
         # TCP ports and scopes hold from the exec on, whatever the agent declares later; the
         # filesystem view is the agent's own to declare (within the policy) at its lock.
-        steps = replace(steps, landlock=replace(ll, handled_fs=0, paths=()))
+        steps = replace(steps, landlock=_init_layer(ll))
     init = plan.policy.init_pledge
     if init is not None:
         # A bound the kernel holds whatever the agent's init code does: no listener (the
@@ -131,6 +131,25 @@ def _agent_init(plan: Plan, steps: Steps) -> Steps:
         )
         steps = replace(steps, seccomp=seccomp.to_bpf(filt))
     return steps
+
+
+def _init_layer(ll: landlock.LandlockPlan) -> landlock.LandlockPlan:
+    """The lock: agent init layer: TCP ports and scopes, and no restriction on files.
+
+    A layer that handles no filesystem right still denies `refer` (the kernel denies
+    reparenting in every layer unless the layer grants it: "initially denied"), so with
+    the plain net+scopes layer a rename or link between two directories of the agent's
+    own rwc unveil failed with EXDEV. This layer handles `refer` only and grants it on `/`:
+    sound, because a layer restricts only what it handles, and for `refer` the kernel's
+    check within a layer is that the file gains no right it handles by moving; here every
+    path has the one right the layer handles, so nothing can be gained. The layer then
+    restricts no file operation at all, as before; the agent's own layer at its lock
+    (which handles every right, refer included) decides renames and links.
+    """
+    if ll.abi < landlock.FS_RIGHT_ABI[landlock.REFER]:
+        return replace(ll, handled_fs=0, paths=())
+    everywhere = landlock.PathRule("/", landlock.REFER)
+    return replace(ll, handled_fs=landlock.REFER, paths=(everywhere,))
 
 
 def _isolate_dns(plan: Plan, sock: socket.socket) -> None:

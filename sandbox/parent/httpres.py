@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import fcntl
 import os
 import posixpath
 import re
+import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import http.client
     import urllib.request
     from http.client import HTTPMessage, HTTPResponse
 
@@ -204,16 +208,18 @@ def sealed_memfd(data: bytes) -> int:
     return _sealed_memfd([data])
 
 
-def _read_capped(resp: HTTPResponse, max_bytes: int, deadline: float) -> list[bytes]:
+def _read_capped(resp: HTTPResponse, max_bytes: int, deadline: _Deadline) -> list[bytes]:
     chunks: list[bytes] = []
     total = 0
     while True:
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline.end or deadline.expired:
             raise TimeoutError("response took longer than the resource timeout")
         # read1: at most one recv per call, so a server that drips bytes meets the deadline
         # between calls instead of holding the worker for one long read().
         chunk = resp.read1(min(CHUNK, max_bytes + 1 - total))
         if not chunk:
+            if deadline.expired:  # the end we read is the shutdown of the deadline's timer
+                raise TimeoutError("response took longer than the resource timeout")
             return chunks
         chunks.append(chunk)
         total += len(chunk)
@@ -246,35 +252,151 @@ def _pinned_redirects(prefix: str) -> urllib.request.BaseHandler:
     return PinnedRedirects()
 
 
+class _Deadline:
+    """One deadline for a whole exchange: connecting (every address tried), the TLS
+    handshake, the status line and headers, redirects, the body.
+
+    A socket timeout bounds each recv only, so a server that drips a byte a second holds
+    a request forever one byte at a time (a 5 s timeout held a request 40 s while headers
+    arrived). Every socket of the exchange is made here, each connect attempt gets only
+    the time that is left, and when the deadline passes a timer shuts every socket down,
+    which wakes any read blocked on it; the failure that follows is reported as the timeout.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._mutex = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._timer.cancel()
+
+    def left(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0 or self.expired:
+            self.expired = True
+            raise TimeoutError(f"timed out after {self.seconds:g}s")
+        return left
+
+    def _expire(self) -> None:
+        with self._mutex:
+            self.expired = True
+            for sock in self._sockets:
+                # The raw socket's shutdown (also for a TLS-wrapped one): a read blocked on
+                # it returns. A socket closed already raises EBADF and is left alone.
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def create_connection(
+        self,
+        address: tuple[str, int],
+        timeout: object = None,
+        source_address: tuple[str, int] | None = None,
+    ) -> socket.socket:
+        """socket.create_connection, bounded by the deadline (http.client calls this)."""
+        host, port = address
+        error: OSError | None = None
+        for family, kind, proto, _, addr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(self.left())
+                if source_address is not None:
+                    sock.bind(source_address)
+                with self._mutex:
+                    if self.expired:
+                        raise TimeoutError(f"timed out after {self.seconds:g}s")
+                    self._sockets.append(sock)
+                sock.connect(addr)
+            except OSError as e:
+                sock.close()
+                error = e
+                if self.expired:
+                    break
+                continue
+            return sock
+        raise error or OSError(f"{host}: no address to connect to")
+
+
+def _deadline_handlers(deadline: _Deadline) -> list[urllib.request.BaseHandler]:
+    """HTTP and HTTPS handlers whose connections make their sockets through `deadline`."""
+    import http.client
+    import urllib.request
+
+    def bounded(base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
+        class Bounded(base):  # type: ignore[valid-type,misc]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                self._create_connection = deadline.create_connection
+
+        return Bounded
+
+    plain = bounded(http.client.HTTPConnection)
+    tls = bounded(http.client.HTTPSConnection)
+
+    class Http(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(plain, req)
+
+    class Https(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(tls, req, context=self._context)  # type: ignore[attr-defined]
+
+    return [Http(), Https()]
+
+
 def perform(req: Prepared) -> Response:
-    """Send the request (blocking: run it in a worker thread). Raises on failure."""
+    """Send the request (blocking: run it in a worker thread). Raises on failure.
+
+    `req.timeout` bounds the whole exchange, not each read (see _Deadline).
+    """
     import urllib.error
     import urllib.request
 
+    deadline = _Deadline(req.timeout)
     # No proxy handler: the environment of the parent must not reroute the agent's requests.
     opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler({}), _pinned_redirects(req.prefix)
+        urllib.request.ProxyHandler({}),
+        _pinned_redirects(req.prefix),
+        *_deadline_handlers(deadline),
     )
     request = urllib.request.Request(req.url, data=req.body, method=req.method)
     for name, value in req.headers.items():
         request.add_header(name, value)
-    deadline = time.monotonic() + req.timeout
-    try:
-        resp = opener.open(request, timeout=req.timeout)
-    except urllib.error.HTTPError as e:  # 4xx/5xx are answers, not failures
-        resp = e
-    except urllib.error.URLError as e:
-        if isinstance(e.reason, TimeoutError):
-            raise TimeoutError(f"{req.url}: timed out after {req.timeout:g}s") from None
-        raise ConnectionError(f"{req.url}: {e.reason}") from None
-    with resp:
-        chunks = _read_capped(resp, req.max_bytes, deadline)
-        status = int(resp.status or 0)
-        headers: list[tuple[str, str]] = []
-        size = 0
-        for name, value in resp.headers.items():
-            size += len(name) + len(value)
-            if len(headers) >= MAX_REPLY_HEADERS or size > MAX_HEADER_BYTES:
-                break
-            headers.append((name, value))
+    timed_out = TimeoutError(f"{req.url}: timed out after {req.timeout:g}s")
+    with deadline:
+        try:
+            try:
+                resp = opener.open(request, timeout=req.timeout)
+            except urllib.error.HTTPError as e:  # 4xx/5xx are answers, not failures
+                resp = e
+            except urllib.error.URLError as e:
+                if isinstance(e.reason, TimeoutError) or deadline.expired:
+                    raise timed_out from None
+                raise ConnectionError(f"{req.url}: {e.reason}") from None
+            with resp:
+                chunks = _read_capped(resp, req.max_bytes, deadline)
+                status = int(resp.status or 0)
+                headers: list[tuple[str, str]] = []
+                size = 0
+                for name, value in resp.headers.items():
+                    size += len(name) + len(value)
+                    if len(headers) >= MAX_REPLY_HEADERS or size > MAX_HEADER_BYTES:
+                        break
+                    headers.append((name, value))
+        except HttpRefused:
+            raise
+        except Exception:
+            # Whatever the shut-down socket made http.client raise (RemoteDisconnected,
+            # IncompleteRead, an SSL error), the cause was the deadline.
+            if deadline.expired:
+                raise timed_out from None
+            raise
     return Response(status, headers, _sealed_memfd(chunks), sum(map(len, chunks)))

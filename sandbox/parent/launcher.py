@@ -35,11 +35,12 @@ from sandbox.enforce.kernel import Features, probe
 from sandbox.enforce.plan import Plan, check_enforceable, compile_plan
 from sandbox.errors import SetupError
 from sandbox.parent import child, reaper
-from sandbox.parent.audit import AuditError, AuditLog
+from sandbox.parent.audit import AuditError, AuditLog, record_error
 from sandbox.parent.broker import Broker
 from sandbox.parent.lockgate import LockGate
-from sandbox.parent.loop import EventLoop, Timer
+from sandbox.parent.loop import EventLoop, Failure, Timer
 from sandbox.parent.notify import Supervisor
+from sandbox.parent.ratelimit import RateLimiter
 from sandbox.policy.model import Policy
 from sandbox.protocol import Op
 
@@ -155,6 +156,7 @@ class Launch:
         self._reader: denials.AuditReader | None = None
         self._gate: LockGate | None = None
         self._listener: int | None = None
+        self._limiter: RateLimiter | None = None
         self._loop: EventLoop | None = None
         self._timers: list[Timer] = []
         self._exec_error: list[str] = []
@@ -244,7 +246,20 @@ class Launch:
             raise SetupError(f"cannot start {policy.name}: {e}") from e
         self._open_denials()  # before the agent locks: no refusal is missed
         sock.send(b"go")
-        self._sup = Supervisor(plan=plan, audit=self.audit, agent_pid=self.pid, kill_tree=self.kill)
+        assert self._loop is not None
+        loop = self._loop
+        self._limiter = RateLimiter(
+            self.audit,
+            self.pid,
+            schedule=lambda when, fn: loop.call_at(when, fn, self._failed),
+        )
+        self._sup = Supervisor(
+            plan=plan,
+            audit=self.audit,
+            agent_pid=self.pid,
+            kill_tree=self.kill,
+            limiter=self._limiter,
+        )
         self._sup.reporter = self._reporter
         try:
             self._listener, relay_fd = _handshake(sock, plan)
@@ -289,29 +304,39 @@ class Launch:
         assert self._sup is not None
         loop, sock, sup, policy = self._loop, self._sock, self._sup, self.policy
         sock.setblocking(False)
-        broker = self._broker = Broker(sock, policy, self.audit, self.pid, os.environ)
+        broker = self._broker = Broker(
+            sock, policy, self.audit, self.pid, os.environ, limiter=self._limiter
+        )
         broker.register(Op.SETUP_ERROR, self._on_exec_error)
-        loop.add(self._rp.status_fd, self._on_status)
+        err = self._failed
+        loop.add(self._rp.status_fd, self._on_status, err, "the agent's exit status")
         if self._reader is not None and self._reader.sock is not None:
-            loop.add(self._reader.sock, self._reader.on_readable)
+            loop.add(self._reader.sock, self._reader.on_readable, err, "Landlock's audit records")
         if self._relay is not None:
-            loop.add(self._relay.inner, self._relay.on_query)
-            loop.add(self._relay.outer, self._relay.on_answer)
-        loop.add(sock, self._on_broker)
+            loop.add(self._relay.inner, self._relay.on_query, err, "the DNS relay (queries)")
+            loop.add(self._relay.outer, self._relay.on_answer, err, "the DNS relay (answers)")
+        loop.add(sock, self._on_broker, err, "the broker channel")
         if sup.listener >= 0:
-            loop.add(sup.listener, self._on_listener)
+            loop.add(sup.listener, self._on_listener, err, "the seccomp listener")
         if policy.limits.wall:
-            self._timers.append(loop.call_at(_now() + policy.limits.wall, self._on_wall))
+            self._timers.append(loop.call_at(_now() + policy.limits.wall, self._on_wall, err))
+        # The lock gate serves both modes: under lock: agent the first lock hands over the
+        # listener; under lock: exec the launcher locked already, and a pledge() the
+        # program makes only narrows (recorded, and a kernel kill is then explained).
+        gate = self._gate = LockGate(
+            self.plan, self.audit, sup, self._take_listener, on_narrow=self._narrowed
+        )
+        broker.register(Op.LOCK, gate.handle)
         if policy.lock == "agent":
-            gate = self._gate = LockGate(self.plan, self.audit, sup, self._take_listener)
-            broker.register(Op.LOCK, gate.handle)
             if policy.init_pledge is not None:
                 sup.kernel_kill_hint = (
                     "a call outside init.pledge (the kernel enforces that bound alone)"
                 )
             sup.exec_done = True  # no launcher code runs after the exec in this mode
-            gate.timer = loop.call_at(_now() + policy.init_timeout, self._on_init_timeout)
+            gate.timer = loop.call_at(_now() + policy.init_timeout, self._on_init_timeout, err)
             self._timers.append(gate.timer)
+        else:
+            gate.locked = True
 
     # ------------------------------------------------------------------ handlers
 
@@ -325,7 +350,21 @@ class Launch:
         assert self._sup is not None and self._loop is not None
         self._listener = fd
         self._sup.listener = fd
-        self._loop.add(fd, self._on_listener)
+        self._loop.add(fd, self._on_listener, self._failed, "the seccomp listener")
+
+    def _narrowed(self, policy: Policy) -> None:
+        """A lock narrowed the policy: the broker grants only the declared capabilities."""
+        if self._broker is not None:
+            self._broker.policy = policy
+
+    def _failed(self, failure: Failure) -> None:
+        """A handler of this agent raised (the loop caught it): record it; if the loop gave
+        up on a descriptor, this agent can no longer be served, so it is ended."""
+        limiter = self._limiter
+        if failure.removed or limiter is None or limiter.admit(f"error {failure.where}"):
+            record_error(self.audit, self.pid, failure.where, failure.error)
+        if failure.removed:
+            self.terminate(f"the parent can no longer serve {failure.where}", say=True)
 
     def _on_broker(self) -> None:
         assert self._broker is not None and self._loop is not None and self._sock is not None
@@ -339,7 +378,7 @@ class Launch:
         # Anything can send this op, so it is printed once, escaped, and changes nothing.
         if fd is not None:
             os.close(fd)
-        if not self._exec_error and self._gate is None:
+        if not self._exec_error and self.policy.lock != "agent":
             message = str(request.get("message", ""))[:500].encode("unicode_escape").decode()
             self._exec_error.append(message)
             print(f"sandbox: {self.policy.name}[{self.pid}]: {message}", file=sys.stderr)
@@ -427,6 +466,7 @@ class Launch:
         if not reason and cg is not None and plan.cgroup_memory is not None and cg.memory_events():
             reason = f"memory limit of {plan.cgroup_memory} bytes reached"
             print(f"sandbox: {self.policy.name}[{pid}]: {reason}", file=sys.stderr)
+        sup.flush()  # the counts of refusals not recorded whole come before the exit
         kernel_kill = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS
         if not (kernel_kill and not reason):
             _record_exit(self.audit, pid, status, reason)

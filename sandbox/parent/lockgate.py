@@ -39,6 +39,26 @@ class Refused(ValueError):
     """The declaration exceeds the policy (or is malformed); the message says how."""
 
 
+MAX_PATH = 4096  # bytes of one unveiled path (PATH_MAX)
+MAX_SHOWN = 1024  # characters of a refused declaration's field kept in its record
+
+
+def _shown(value: Any) -> Any:
+    """A refused declaration's field as recorded: the agent chose it, so it is bounded."""
+    if isinstance(value, str):
+        return value if len(value) <= MAX_SHOWN else value[:MAX_SHOWN] + "..."
+    if value is None:
+        return None
+    if (
+        isinstance(value, dict)
+        and all(isinstance(x, str) for kv in value.items() for x in kv)
+        and sum(len(k) + len(v) for k, v in value.items()) <= 4 * MAX_SHOWN
+    ):
+        return value
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
+
+
 def _words(value: Any, what: str) -> list[str]:
     if not isinstance(value, str) or len(value) > 4096:
         raise Refused(f"{what} must be a string of promises")
@@ -66,9 +86,11 @@ def parse(request: Mapping[str, Any]) -> Declaration:
             or not isinstance(perms, str)
             or not set(perms) <= set(PERM_LETTERS)
         ):
-            raise Refused(f"bad unveil entry {path!r}: {perms!r}")
+            raise Refused(f"bad unveil entry {_shown(path)!r}: {_shown(perms)!r}")
         if "\0" in path or not os.path.isabs(path):
-            raise Refused(f"unveil path must be absolute: {path!r}")
+            raise Refused(f"unveil path must be absolute: {_shown(path)!r}")
+        if len(os.fsencode(path)) > MAX_PATH:
+            raise Refused(f"unveil path longer than {MAX_PATH} bytes: {_shown(path)!r}")
         unveils.append(Unveil(os.path.normpath(path), frozenset(perms)))
     return Declaration(frozenset(plain), frozenset(caps), exe, tuple(unveils))
 
@@ -93,6 +115,26 @@ def check(policy: Policy, decl: Declaration) -> None:
             )
 
 
+def declaration(
+    policy: Policy, request: Mapping[str, Any], current: Policy | None = None
+) -> Declaration:
+    """The checked declaration of a lock request, or Refused: never another exception.
+
+    `current`: the policy already narrowed by an earlier lock (later locks only narrow it);
+    execpromises left out (None) stay as they are, as pledge(2) leaves them.
+    """
+    try:
+        decl = parse(request)
+        if current is not None and decl.execpromises is None:
+            decl = replace(decl, execpromises=current.execpromises)
+        check(current or policy, decl)
+    except Refused:
+        raise
+    except Exception as e:  # e.g. a path the checks cannot even resolve (a lone surrogate)
+        raise Refused(f"malformed declaration ({type(e).__name__}: {_shown(str(e))})") from None
+    return decl
+
+
 def narrowed_policy(policy: Policy, decl: Declaration) -> Policy:
     """The policy as the agent declared it: what the parent enforces from the lock on."""
     return replace(
@@ -105,10 +147,12 @@ def narrowed_policy(policy: Policy, decl: Declaration) -> Policy:
 
 
 class LockGate:
-    """The broker op "lock" (lock: agent): check, record, then take the listener.
+    """The broker op "lock": check, record, then take the listener.
 
-    `take_listener` receives the seccomp listener of the agent's first lock (the launcher
-    starts serving it); later locks only narrow and bring none.
+    Under lock: agent, `take_listener` receives the seccomp listener of the agent's first
+    lock (the launcher starts serving it); later locks only narrow and bring none. Under
+    lock: exec the launcher has locked already (the gate starts `locked`): a pledge() the
+    program makes narrows, and is recorded like a later lock: agent lock.
     """
 
     def __init__(
@@ -117,61 +161,78 @@ class LockGate:
         audit: AuditLog,
         sup: Supervisor,
         take_listener: Callable[[int], None],
+        on_narrow: Callable[[Policy], None] | None = None,
     ) -> None:
         self.plan, self.audit, self.sup, self.take_listener = plan, audit, sup, take_listener
+        # Told the narrowed policy at every lock (the broker then grants only what the agent
+        # declared: a capability it dropped is refused like one it never had).
+        self.on_narrow = on_narrow
         self.pid = sup.agent_pid
         self.locked = False
         self.timer: Timer | None = None  # init.timeout, cancelled by the first lock
 
     def handle(self, request: dict[str, Any], fd: int | None) -> tuple[dict[str, Any], None]:
-        policy = self.plan.policy
+        """Serve one lock request. The descriptor that came with it (the listener) is
+        closed on every path unless it was handed to the launcher."""
+        held = [fd]
         try:
-            decl = parse(request)
-            check(policy if not self.locked else self.sup.plan.policy, decl)
+            return self._handle(request, held)
+        finally:
+            if held[0] is not None:
+                os.close(held[0])
+
+    def _handle(
+        self, request: dict[str, Any], held: list[int | None]
+    ) -> tuple[dict[str, Any], None]:
+        policy = self.plan.policy
+        fd = held[0]
+        try:
+            decl = declaration(policy, request, self.sup.plan.policy if self.locked else None)
             if not self.locked and self.plan.user_notif and fd is None:
                 raise Refused("the first lock must hand over the seccomp listener")
+            fields = {
+                "pid": self.pid,
+                "pledge": " ".join(
+                    sorted([*decl.pledge, *(f"{r}:{x}" for r, x in decl.capabilities)])
+                ),
+                "unveil": {u.path: "".join(sorted(u.perms)) for u in decl.unveil},
+                "execpromises": None
+                if decl.execpromises is None
+                else " ".join(sorted(decl.execpromises)),
+            }
+            try:
+                self.audit.append("lock", **fields)
+            except ValueError as e:  # larger than a record may be: not recorded, not locked
+                raise Refused(f"declaration cannot be recorded ({e})") from None
         except Refused as e:
-            if fd is not None:
-                os.close(fd)
-            with contextlib.suppress(AuditError):
-                self.audit.record(
-                    "lock",
-                    pid=self.pid,
-                    pledge=request.get("pledge"),
-                    unveil=request.get("unveil"),
-                    decision="deny",
-                    reason=str(e),
-                )
-            print(f"sandbox: {policy.name}[{self.pid}]: lock refused: {e}", file=sys.stderr)
-            self.sup.killed_for_violation = True
-            self.sup.kill_tree()
+            self._refuse(request, str(e))
             raise PermissionError(f"lock refused: {e}") from None
-        fields = {
-            "pid": self.pid,
-            "pledge": " ".join(sorted([*decl.pledge, *(f"{r}:{x}" for r, x in decl.capabilities)])),
-            "unveil": {u.path: "".join(sorted(u.perms)) for u in decl.unveil},
-            "execpromises": None
-            if decl.execpromises is None
-            else " ".join(sorted(decl.execpromises)),
-        }
-        try:
-            self.audit.record("lock", **fields)
         except AuditError:
-            if fd is not None:
-                os.close(fd)
             self.sup.killed_for_violation = True
             self.sup.kill_tree()
             raise
+        try:
+            self.audit.commit()
+        except AuditError:
+            self.sup.killed_for_violation = True
+            self.sup.kill_tree()
+            raise
+        if self.locked and policy.lock == "exec" and not decl.unveil:
+            # Under lock: exec a pledge() without unveil() leaves the launcher's view as it
+            # is (the agent adds no Landlock layer); only lock: agent starts from nothing.
+            decl = replace(decl, unveil=self.sup.plan.policy.unveil)
+        narrowed = narrowed_policy(policy, decl)
         self.sup.plan = replace(
             self.sup.plan,
-            policy=narrowed_policy(policy, decl),
+            policy=narrowed,
             rules=seccomp_rules(decl.pledge, decl.execpromises),
         )
-        if fd is not None:
-            if self.locked:
-                os.close(fd)  # one listener per filter chain; later locks only narrow
-            else:
-                self.take_listener(fd)
+        if self.on_narrow is not None:
+            self.on_narrow(narrowed)
+        if fd is not None and not self.locked:
+            held[0] = None  # the launcher owns it now
+            self.take_listener(fd)
+        # (a later lock brings no listener: one per filter chain; one sent is closed above)
         self.sup.kernel_kill_hint = (
             "a call outside the agent's narrowed pledge (enforced by the kernel alone, "
             "not recorded call by call)"
@@ -181,4 +242,25 @@ class LockGate:
         self.locked = True
         if self.timer is not None:
             self.timer.cancel()
-        return {"locked": True}, None
+        # The mode a narrowing filter applies by itself (lock: exec passes it no other way).
+        return {"locked": True, "violation": policy.violation}, None
+
+    def _refuse(self, request: Mapping[str, Any], reason: str) -> None:
+        policy = self.plan.policy
+        # The agent is being ended; requests it queued before are refused too, and counted
+        # rather than each recorded and printed (sandbox.parent.ratelimit).
+        limiter = self.sup.limiter
+        if limiter is None or limiter.admit("lock deny"):
+            with contextlib.suppress(AuditError, ValueError):
+                self.audit.record(
+                    "lock",
+                    pid=self.pid,
+                    pledge=_shown(request.get("pledge")),
+                    unveil=_shown(request.get("unveil")),
+                    decision="deny",
+                    reason=reason,
+                )
+            reason = reason.encode("unicode_escape").decode("ascii")  # agent text, one line
+            print(f"sandbox: {policy.name}[{self.pid}]: lock refused: {reason}", file=sys.stderr)
+        self.sup.killed_for_violation = True
+        self.sup.kill_tree()

@@ -5,6 +5,14 @@ status pipe, the DNS relay's sockets, the signal wake-up socket) is registered w
 callable that serves it, so the loop dispatches on nothing but the selector's own data.
 Timers (the wall-clock limit, init.timeout) are a heap of deadlines. One loop serves one
 agent under `sandbox run`, and every agent of a system under `sandbox up`.
+
+No exception leaves a handler: the loop is where every handler is called, so it is where
+they are guarded. A handler that raises is reported to the error handler of its
+registration (the agent's Launch records it in that agent's audit log) or of the loop, and
+the loop goes on serving everything else. A descriptor whose handler keeps failing is no
+longer watched after MAX_FAILURES failures in a row (a level-triggered descriptor would
+otherwise spin the loop), and its error handler is told so, so that its owner can end
+what it can no longer serve (fail closed).
 """
 
 from __future__ import annotations
@@ -15,8 +23,10 @@ import itertools
 import selectors
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 Handler = Callable[[], object]
@@ -26,20 +36,57 @@ class _HasFileno(Protocol):
     def fileno(self) -> int: ...
 
 
+MAX_FAILURES = 8  # failures in a row of one descriptor's handler before it is dropped
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A handler that raised: where (its name), the exception, and whether the loop stopped
+    watching its descriptor because of it."""
+
+    where: str
+    error: Exception
+    removed: bool = False
+
+
+ErrorHandler = Callable[[Failure], object]
+
+
+def print_failure(failure: Failure) -> None:
+    """The default error handler: one line on stderr (the loop has no audit log)."""
+    gave_up = "; no longer served" if failure.removed else ""
+    err = failure.error
+    print(
+        f"sandbox: internal error in {failure.where}: {type(err).__name__}: {err}{gave_up}",
+        file=sys.stderr,
+    )
+
+
+class _Registration:
+    __slots__ = ("failures", "fd", "handler", "on_error", "where")
+
+    def __init__(
+        self, fd: int | _HasFileno, handler: Handler, on_error: ErrorHandler | None, where: str
+    ) -> None:
+        self.fd, self.handler, self.on_error, self.where = fd, handler, on_error, where
+        self.failures = 0
+
+
 class Timer:
     """A deadline registered with call_at(); cancel() before it fires to drop it."""
 
-    __slots__ = ("cancelled", "fn", "when")
+    __slots__ = ("cancelled", "fn", "on_error", "when")
 
-    def __init__(self, when: float, fn: Handler) -> None:
-        self.when, self.fn, self.cancelled = when, fn, False
+    def __init__(self, when: float, fn: Handler, on_error: ErrorHandler | None = None) -> None:
+        self.when, self.fn, self.cancelled, self.on_error = when, fn, False, on_error
 
     def cancel(self) -> None:
         self.cancelled = True
 
 
 class EventLoop:
-    def __init__(self) -> None:
+    def __init__(self, on_error: ErrorHandler = print_failure) -> None:
+        self.on_error = on_error  # for registrations without an error handler of their own
         self._sel = selectors.DefaultSelector()
         self._timers: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()
@@ -50,9 +97,16 @@ class EventLoop:
 
     # -- descriptors
 
-    def add(self, fd: int | _HasFileno, handler: Handler) -> None:
-        """Call `handler` whenever `fd` is readable."""
-        self._sel.register(fd, selectors.EVENT_READ, handler)
+    def add(
+        self,
+        fd: int | _HasFileno,
+        handler: Handler,
+        on_error: ErrorHandler | None = None,
+        where: str | None = None,
+    ) -> None:
+        """Call `handler` whenever `fd` is readable; `on_error` gets its failures."""
+        name = where or getattr(handler, "__qualname__", None) or repr(handler)
+        self._sel.register(fd, selectors.EVENT_READ, _Registration(fd, handler, on_error, name))
 
     def remove(self, fd: int | _HasFileno) -> None:
         """Stop watching `fd` (nothing happens if it is not watched)."""
@@ -61,9 +115,9 @@ class EventLoop:
 
     # -- timers
 
-    def call_at(self, when: float, fn: Handler) -> Timer:
+    def call_at(self, when: float, fn: Handler, on_error: ErrorHandler | None = None) -> Timer:
         """Call `fn` once at monotonic time `when`."""
-        timer = Timer(when, fn)
+        timer = Timer(when, fn, on_error)
         heapq.heappush(self._timers, (when, next(self._order), timer))
         return timer
 
@@ -80,7 +134,11 @@ class EventLoop:
             _, _, timer = heapq.heappop(self._timers)
             if not timer.cancelled:
                 timer.cancelled = True
-                timer.fn()
+                try:
+                    timer.fn()
+                except Exception as e:  # a failing timer must not stop the others
+                    where = getattr(timer.fn, "__qualname__", "a timer")
+                    self._report(timer.on_error, Failure(where, e))
 
     # -- signals
 
@@ -120,7 +178,26 @@ class EventLoop:
             for key, _ in events:
                 if self._stopped:
                     break
-                key.data()
+                self._dispatch(key.data)
+
+    def _dispatch(self, reg: _Registration) -> None:
+        try:
+            reg.handler()
+        except Exception as e:  # no exception leaves a handler: see the module's docstring
+            reg.failures += 1
+            removed = reg.failures >= MAX_FAILURES
+            if removed:
+                self.remove(reg.fd)
+            self._report(reg.on_error, Failure(reg.where, e, removed))
+        else:
+            reg.failures = 0
+
+    def _report(self, on_error: ErrorHandler | None, failure: Failure) -> None:
+        try:
+            (on_error or self.on_error)(failure)
+        except Exception as e:  # the error handler failed too: say both, go on
+            print_failure(failure)
+            print_failure(Failure("the error handler", e))
 
     def close(self) -> None:
         if self._wake is not None:

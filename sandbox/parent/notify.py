@@ -9,6 +9,7 @@ performs such a call itself (dns) or decides on facts the agent cannot change (t
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -20,14 +21,26 @@ from typing import TYPE_CHECKING
 from sandbox import procfs
 from sandbox.enforce import seccomp
 from sandbox.enforce.plan import EXEC_SYSCALLS, Plan
-from sandbox.enforce.promises import refusal
+from sandbox.enforce.promises import UNSUPPORTED, never_allowed, refusal
 from sandbox.enforce.rules import match
 from sandbox.enforce.syscalls import Memory, decode_args
-from sandbox.parent.audit import AuditError, AuditLog
+from sandbox.parent.audit import AuditError, AuditLog, record_error
+from sandbox.parent.ratelimit import RateLimiter, violation_key
 
 if TYPE_CHECKING:
     from sandbox.parent.denials import Reporter
     from sandbox.parent.dnsproxy import DnsEmulator
+
+
+# Characters of a call's decoded arguments kept in a violation record: a path can be 4 KiB,
+# and the record's size is what a flood of refusals costs the disk.
+MAX_ARGS = 512
+
+# The errno under `violation: errno` (and log) for a call that no promise allows with these
+# arguments but that is not on the never list: what the kernel itself answers for an
+# unknown command, so that the program goes on as it would unsandboxed (OpenBSD: EINVAL
+# for an fcntl it does not know). Any other refused call gets EPERM.
+UNALLOWED_ARGS_ERRNO = {"fcntl": errno.EINVAL}
 
 
 def _status_field(pid: int, key: str) -> int | None:
@@ -51,10 +64,15 @@ class Supervisor:
     execd: set[int] = field(default_factory=set)  # tgids that exec'd (execpromises apply)
     dns: DnsEmulator | None = None
     reporter: Reporter | None = None  # names the paths Landlock refuses (--trace-unveil)
+    # Which refusal records are written whole (the rest are counted); the launcher passes
+    # one that shares the agent's timers and the broker's budget.
+    limiter: RateLimiter | None = None
     # What a SIGSYS from the kernel itself (no notification) most likely was, for the message.
     kernel_kill_hint: str = "a system call of a foreign architecture or ABI (x32, int 0x80)"
 
     def __post_init__(self) -> None:
+        if self.limiter is None:
+            self.limiter = RateLimiter(self.audit, self.agent_pid)
         if "dns" in self.plan.policy.pledge:
             from sandbox.parent.dnsproxy import DnsEmulator  # only agents with 'dns' need it
 
@@ -73,7 +91,10 @@ class Supervisor:
             # ENOENT/EINTR/EAGAIN: the caller died or was interrupted before we read it.
             return e.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN)
         if n is not None:
-            self.decide(n)
+            try:
+                self.decide(n)
+            except Exception as e:  # a decision that fails must not leave the call pending
+                self._failed(n, e)
             return True
         # Nothing to read: the target died or was interrupted, or every process using the
         # filter is gone, which the listener reports as a hang-up forever after.
@@ -129,6 +150,12 @@ class Supervisor:
         if handler == "trace":
             self._trace(n, name, args)
             return
+        if handler == "unsupported":
+            # A route around a kernel check (MPTCP, TCP Fast Open): refused and recorded in
+            # every mode, failing as on a kernel without the feature, so programs fall back.
+            code, why = UNSUPPORTED[name]
+            self.violation(n, name, args, None, note=why, answer=code)
+            return
         self.refuse(n, name, args, self.plan.policy.pledge)
 
     def refuse(
@@ -140,11 +167,36 @@ class Supervisor:
         note: str | None = None,
     ) -> None:
         """A violation worded by the promise table: the promises missing beyond `have`, or
-        the hint that fits better (read from the agent's memory, for the message only)."""
+        the hint that fits better (read from the agent's memory, for the message only).
+
+        Beyond the rate limit the refusal is counted, not recorded: nothing is read from
+        the agent's memory (what the promise is decides only whether the call proceeds
+        under `violation: log`, and that does not depend on the hints)."""
+        assert self.limiter is not None
+        if not self.limiter.admit(violation_key(name, note)):
+            why = refusal(name, args, have=have)
+            self.violation(n, name, args, why.promise, note=note, whole=False)
+            return
         with Memory(n.pid) as mem:
             why = refusal(name, args, have=have, mem=mem)
             notes = "; ".join(x for x in (note, why.note) if x) or None
-            self.violation(n, name, args, why.promise, note=notes, mem=mem)
+            self.violation(n, name, args, why.promise, note=notes, mem=mem, whole=True)
+
+    def flush(self) -> None:
+        """Write the counts of refusals not recorded whole (before the exit record)."""
+        assert self.limiter is not None
+        self.limiter.flush()
+
+    def _failed(self, n: seccomp.Notification, error: Exception) -> None:
+        """The call whose decision failed fails (EPERM: the safe answer in every mode, and
+        the agent goes on); the failure is recorded. An answer given already stands (the
+        kernel refuses a second one with ENOENT)."""
+        with contextlib.suppress(OSError):
+            seccomp.respond(self.listener, n.id, error=errno.EPERM)
+        assert self.limiter is not None
+        if self.limiter.admit(f"error notification {type(error).__name__}"):
+            where = f"notification ({seccomp.syscall_name(n.nr)})"
+            record_error(self.audit, n.pid, where, error)
 
     def _lock_record(self, pid: int) -> bool:
         pol = self.plan.policy
@@ -207,30 +259,51 @@ class Supervisor:
         promise: str | None,
         note: str | None = None,
         mem: Memory | None = None,
+        answer: int | None = None,
+        whole: bool | None = None,
     ) -> None:
         """Record the refused call, then apply the policy's `violation:`. A call no promise
         allows (`promise` None) is never performed: under errno and log it fails with EPERM
-        (recorded as action errno), under kill the agent is killed."""
+        (recorded as action errno), under kill the agent is killed.
+
+        `answer`: fail the call with this errno whatever the mode (handler "unsupported").
+        `whole`: whether the rate limiter let this record be written (None: ask it here).
+        """
         pol = self.plan.policy
         never = promise is None
-        action = ("kill" if pol.violation == "kill" else "errno") if never else pol.violation
-        call = decode_args(name, args, pid=n.pid, mem=mem)  # "name(a, b, ...)"
-        fields = {
-            "pid": n.pid,
-            "syscall": name,
-            "args": call[len(name) + 1 : -1] if call.startswith(name + "(") else call,
-            "promise": promise,
-            "action": action,
-        }
-        if note:
-            fields["note"] = note
-        try:
-            self.audit.record("violation", **fields)
-        except AuditError as e:
-            # Write-ahead: an unrecorded refusal must not let anything through.
-            print(f"sandbox: audit log failed ({e}); ending {pol.name}", file=sys.stderr)
+        if answer is not None:
+            action = "errno"
+        else:
+            action = ("kill" if pol.violation == "kill" else "errno") if never else pol.violation
+        if whole is None:
+            assert self.limiter is not None
+            whole = self.limiter.admit(violation_key(name, note))
+        call = ""  # "name(a, b, ...)": decoded only to be recorded or printed (reads memory)
+        if whole:
+            call = decode_args(name, args, pid=n.pid, mem=mem)
+            shown = call[len(name) + 1 : -1] if call.startswith(name + "(") else call
+            if len(shown) > MAX_ARGS:
+                shown = f"{shown[:MAX_ARGS]}...[{len(shown) - MAX_ARGS} more characters]"
+            fields = {
+                "pid": n.pid,
+                "syscall": name,
+                "args": shown,
+                "promise": promise,
+                "action": action,
+            }
+            if note:
+                fields["note"] = note
+            try:
+                self.audit.record("violation", **fields)
+            except (AuditError, ValueError) as e:
+                # Write-ahead: an unrecorded refusal must not let anything through.
+                print(f"sandbox: audit log failed ({e}); ending {pol.name}", file=sys.stderr)
+                action = "kill"
+        elif action == "log" and self.audit.broken is not None:
+            # Counted, not recorded, yet the call would proceed: only while the log works.
             action = "kill"
         if action == "kill":
+            call = call or decode_args(name, args, pid=n.pid, mem=mem)
             # SPEC's line; a never-allowed call's reason is in its record's note
             what = "is never allowed" if never else f"needs '{promise}'"
             if note and not never:
@@ -240,6 +313,11 @@ class Supervisor:
             self.kill_tree()
             return
         if action == "errno" or never:  # a never-allowed call never goes through
-            seccomp.respond(self.listener, n.id, error=errno.EPERM)
+            code = errno.EPERM
+            if answer is not None:
+                code = answer
+            elif never and not never_allowed(name, args):
+                code = UNALLOWED_ARGS_ERRNO.get(name, errno.EPERM)
+            seccomp.respond(self.listener, n.id, error=code)
         else:  # log: learning mode, the call goes through (recorded above)
             seccomp.respond(self.listener, n.id, continue_=True)

@@ -74,6 +74,7 @@ from sandbox.policy.schema import (
     suggest,
 )
 
+_UID_RE = re.compile(r"[0-9]{1,10}")  # a uid: 32 bits
 _INT_RE = re.compile(r"[+-]?[0-9]+")  # decimal only: YAML 1.1 also reads 0x1F, 0o17, 1_000
 
 
@@ -145,6 +146,13 @@ class _Ctx:
             # YAML 1.1 also reads 0x1F, 0o17 and 1_000 as integers; policies use decimal only.
             kind = "a number in another notation" if node.tag == _TAG + "int" else _kind(node)
             self.error(node, f"{what} must be a whole number in decimal, not {kind}")
+            return None
+        # Compared as text first: int() refuses more than 4,300 digits (and a megabyte of
+        # them would be slow), and no bound of a policy needs more than hi's digits.
+        digits = node.value.lstrip("+-").lstrip("0")
+        if len(digits) > len(str(max(abs(lo), abs(hi)))):
+            shown = node.value if len(node.value) <= 20 else f"{node.value[:17]}..."
+            self.error(node, f"{what} must be between {lo} and {hi}, not {shown}")
             return None
         value = int(node.value)
         if not lo <= value <= hi:
@@ -472,6 +480,16 @@ def _build(ctx: _Ctx, root: yaml.Node, stem: str) -> Policy | None:
         if words is not None:
             execp, _ = _promises(ctx, words, "execpromises", resources, declared, allow_caps=False)
             values["execpromises"] = execp
+            # Filters only stack: a program the agent executes can never hold more than the
+            # agent, so a wider execpromise would only kill it at its first such call.
+            held = pledge if pledge is not None and "exec" in pledge else None
+            for word, where in words if held is not None else ():
+                if word in execp and held is not None and word not in held:
+                    ctx.error(
+                        where,
+                        f"execpromise '{word}' is not in pledge: programs the agent executes "
+                        "can hold only what the agent holds (add it to pledge, or remove it)",
+                    )
         if pledge is not None and "exec" not in pledge:
             ctx.error(
                 top.key_node("execpromises") or node,
@@ -915,13 +933,16 @@ def _user(ctx: _Ctx, node: yaml.Node) -> str | None:
     user = ctx.text_of(node, "user")
     if user is None:
         return None
+    shown = user if len(user) <= 40 else f"{user[:37]}..."
     try:
-        if user.isdigit():
+        # ASCII digits only: str.isdigit() is also true of '²' and other digits int() refuses.
+        if _UID_RE.fullmatch(user):
             pwd.getpwuid(int(user))
         else:
             pwd.getpwnam(user)
-    except (KeyError, OverflowError):
-        ctx.error(node, f"user '{user}' is not in the passwd database (see getent passwd)")
+    except (KeyError, OverflowError, ValueError):
+        # ValueError: a name pwd cannot even look up (an embedded NUL, a surrogate).
+        ctx.error(node, f"user '{shown}' is not in the passwd database (see getent passwd)")
         return None
     return user
 
