@@ -111,6 +111,17 @@ def _kind(node: yaml.Node) -> str:
     return _KINDS.get(node.tag, f"a value tagged {node.tag}")
 
 
+# A message names a value, it does not repeat it: a policy may hold a megabyte in one
+# scalar, and every problem quoting it whole would print that megabyte again.
+_LONG_QUOTED = re.compile(r"'([^'\n]{80,})'")
+_MAX_MESSAGE = 1000
+
+
+def _shorten(message: str) -> str:
+    message = _LONG_QUOTED.sub(lambda m: f"'{m.group(1)[:40]}...{m.group(1)[-20:]}'", message)
+    return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 3] + "..."
+
+
 class _Ctx:
     """Where problems go while one file is checked."""
 
@@ -122,7 +133,7 @@ class _Ctx:
 
     def error(self, where: yaml.Node | _Loc, message: str) -> None:
         line, column = _loc(where) if isinstance(where, yaml.Node) else where
-        self.problems.append(Problem(self.filename, line, column, message))
+        self.problems.append(Problem(self.filename, line, column, _shorten(message)))
 
     def text_of(self, node: yaml.Node, what: str) -> str | None:
         """A scalar exactly as written: strings, and numbers or booleans taken as text."""
@@ -398,7 +409,13 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
 
 def load_policy_text(text: str, filename: str, base_dir: str) -> Policy:
     """Validate policy text as if read from `filename`; relative paths resolve in `base_dir`."""
-    data = text.encode("utf-8")
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: no file could hold this text
+        line, column = _line_col(text, exc.start)
+        raise PolicyError(
+            [Problem(filename, line, column, "the text is not valid Unicode")]
+        ) from None
     if len(data) > MAX_POLICY_BYTES:
         raise PolicyError(
             [Problem(filename, 1, 1, f"the file is larger than {MAX_POLICY_BYTES} bytes (1 MiB)")]
