@@ -220,8 +220,9 @@ def pledge(
             # closed fd 3), the narrowing still holds, with the strictest mode.
             violation = "kill"
             with contextlib.suppress(OSError, wire.WireError):
-                reply = _tell_parent(new, caps, exe, listener=None)
-                violation = str(reply.get("violation", "kill"))
+                if _channel_is_ours():
+                    reply = _tell_parent(new, caps, exe, listener=None)
+                    violation = str(reply.get("violation", "kill"))
             _install_local(new, violation)
         else:
             _install_local(new)
@@ -256,6 +257,21 @@ def _lock_with_parent(
     finally:
         if listener is not None:
             os.close(listener)
+
+
+def _channel_is_ours() -> bool:
+    """Under lock: exec the program may have closed fd 3 and reused the number: only a
+    unix seqpacket socket there is (still) the channel to the parent."""
+    fd = int(os.environ[ENV_BROKER_FD])
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=fd)
+    try:
+        kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        domain = sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+    except OSError:
+        return False
+    finally:
+        sock.detach()
+    return kind == socket.SOCK_SEQPACKET and domain == socket.AF_UNIX
 
 
 def _tell_parent(
