@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from progs.tmpfs import mounted_tmpfs
 
 from sandbox.parent.audit import (
     MAX_STRING,
@@ -372,15 +373,7 @@ def test_open_refuses_after_a_partial_last_line(log_path: Path) -> None:
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A real 64 KiB tmpfs, unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", mnt], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", mnt], check=True)
+    yield from mounted_tmpfs(tmp_path / "mnt", "64k", "0700")
 
 
 def test_open_refuses_read_only_filesystem(small_fs: Path) -> None:

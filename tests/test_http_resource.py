@@ -74,6 +74,17 @@ class Server:
                         self.wfile.write(b"d")
                         self.wfile.flush()
                     return
+                if route == "/api/drip-headers":  # the status line and headers a byte at a time
+                    head = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"s" * 150 + b"\r\n\r\n"
+                    for byte in head:
+                        if server.release.wait(0.2):
+                            return
+                        try:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                        except OSError:  # the client gave up (a timeout being tested)
+                            return
+                    return
                 if route == "/api/big":
                     self._send(200, b"x" * 5000)
                     return

@@ -141,6 +141,16 @@ IPV6: Mapping[int, str] = MappingProxyType(
 )
 
 # Multicast: the promise `mcast` (with `inet`), as OpenBSD's PLEDGE_MCAST.
+# The protocol-independent group options (RFC 3678) exist at both levels.
+_MCAST_GROUP = {
+    42: "MCAST_JOIN_GROUP",
+    43: "MCAST_BLOCK_SOURCE",
+    44: "MCAST_UNBLOCK_SOURCE",
+    45: "MCAST_LEAVE_GROUP",
+    46: "MCAST_JOIN_SOURCE_GROUP",
+    47: "MCAST_LEAVE_SOURCE_GROUP",
+    48: "MCAST_MSFILTER",
+}
 IP_MCAST: Mapping[int, str] = MappingProxyType(
     {
         32: "IP_MULTICAST_IF",
@@ -153,13 +163,7 @@ IP_MCAST: Mapping[int, str] = MappingProxyType(
         39: "IP_ADD_SOURCE_MEMBERSHIP",
         40: "IP_DROP_SOURCE_MEMBERSHIP",
         41: "IP_MSFILTER",
-        42: "MCAST_JOIN_GROUP",
-        43: "MCAST_BLOCK_SOURCE",
-        44: "MCAST_UNBLOCK_SOURCE",
-        45: "MCAST_LEAVE_GROUP",
-        46: "MCAST_JOIN_SOURCE_GROUP",
-        47: "MCAST_LEAVE_SOURCE_GROUP",
-        48: "MCAST_MSFILTER",
+        **_MCAST_GROUP,
         49: "IP_MULTICAST_ALL",
     }
 )
@@ -171,13 +175,7 @@ IPV6_MCAST: Mapping[int, str] = MappingProxyType(
         20: "IPV6_JOIN_GROUP",
         21: "IPV6_LEAVE_GROUP",
         29: "IPV6_MULTICAST_ALL",
-        42: "MCAST_JOIN_GROUP",
-        43: "MCAST_BLOCK_SOURCE",
-        44: "MCAST_UNBLOCK_SOURCE",
-        45: "MCAST_LEAVE_GROUP",
-        46: "MCAST_JOIN_SOURCE_GROUP",
-        47: "MCAST_LEAVE_SOURCE_GROUP",
-        48: "MCAST_MSFILTER",
+        **_MCAST_GROUP,
     }
 )
 
