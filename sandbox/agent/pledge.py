@@ -218,7 +218,11 @@ def _install_local(new: frozenset[str]) -> None:
 def _lock_with_parent(
     new: frozenset[str], caps: frozenset[str], exe: frozenset[str] | None
 ) -> None:
-    rules = seccomp_rules(new, exe)
+    rules = seccomp_rules(
+        new,
+        exe,
+        resolve_unix=landlock.abi_version() >= landlock.FS_RIGHT_ABI[landlock.RESOLVE_UNIX],
+    )
     filt = seccomp.build_filter(
         list(rules), violation="notify", self_pid=os.getpid(), never_action="notify"
     )

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from sandbox.enforce.plan import Plan, seccomp_rules
+from sandbox.enforce.plan import Plan, brought_files, seccomp_rules
 from sandbox.parent.audit import AuditError, AuditLog
 from sandbox.policy.model import PERM_LETTERS, Policy, Unveil, perm_string, unveil_beyond
 
@@ -162,10 +162,13 @@ class LockGate:
             self.sup.killed_for_violation = True
             self.sup.kill_tree()
             raise
+        resolve_unix = self.plan.resolve_unix
         self.sup.plan = replace(
             self.sup.plan,
             policy=narrowed_policy(policy, decl),
-            rules=seccomp_rules(decl.pledge, decl.execpromises),
+            rules=seccomp_rules(decl.pledge, decl.execpromises, resolve_unix=resolve_unix),
+            parent_unix="unix" in decl.pledge and not resolve_unix,
+            brought=brought_files(decl.pledge),
         )
         if fd is not None:
             if self.locked:

@@ -24,10 +24,12 @@ from sandbox.enforce.promises import refusal
 from sandbox.enforce.rules import match
 from sandbox.enforce.syscalls import Memory, decode_args
 from sandbox.parent.audit import AuditError, AuditLog
+from sandbox.parent.perform import Perform
 
 if TYPE_CHECKING:
     from sandbox.parent.denials import Reporter
     from sandbox.parent.dnsproxy import DnsEmulator
+    from sandbox.parent.loop import EventLoop
 
 
 def _status_field(pid: int, key: str) -> int | None:
@@ -51,10 +53,12 @@ class Supervisor:
     execd: set[int] = field(default_factory=set)  # tgids that exec'd (execpromises apply)
     dns: DnsEmulator | None = None
     reporter: Reporter | None = None  # names the paths Landlock refuses (--trace-unveil)
+    loop: EventLoop | None = None  # serves the agent's performer (sandbox.parent.perform)
     # What a SIGSYS from the kernel itself (no notification) most likely was, for the message.
     kernel_kill_hint: str = "a system call of a foreign architecture or ABI (x32, int 0x80)"
 
     def __post_init__(self) -> None:
+        self.perform = Perform(self)
         if "dns" in self.plan.policy.pledge:
             from sandbox.parent.dnsproxy import DnsEmulator  # only agents with 'dns' need it
 
@@ -129,6 +133,14 @@ class Supervisor:
         if handler == "trace":
             self._trace(n, name, args)
             return
+        if handler in Perform.HANDLERS:
+            # Decided from the agent's memory and performed by the parent (SPEC section 8).
+            self.perform.start(n, name, args, handler)
+            return
+        if rule is None and self.perform.wants(name):
+            # Maybe a file a pledged promise brings (an agent without rpath).
+            self.perform.start(n, name, args, "brought")
+            return
         self.refuse(n, name, args, self.plan.policy.pledge)
 
     def refuse(
@@ -145,6 +157,12 @@ class Supervisor:
             why = refusal(name, args, have=have, mem=mem)
             notes = "; ".join(x for x in (note, why.note) if x) or None
             self.violation(n, name, args, why.promise, note=notes, mem=mem)
+
+    def close(self) -> None:
+        self.perform.close()
+
+    def under_execpromises(self, tid: int) -> bool:
+        return self._under_execpromises(tid)
 
     def _lock_record(self, pid: int) -> bool:
         pol = self.plan.policy
