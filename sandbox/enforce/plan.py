@@ -15,7 +15,7 @@ from typing import Any
 from sandbox.enforce import landlock, mounts
 from sandbox.enforce import syscalls as S
 from sandbox.enforce.kernel import Features
-from sandbox.enforce.promises import BRINGS_FILES, IMPLIED_UNVEILS, rules_for
+from sandbox.enforce.promises import BRINGS_FILES, BRINGS_STAT, IMPLIED_UNVEILS, rules_for
 from sandbox.enforce.rules import SELF_PID, Arg, Rule
 from sandbox.errors import SetupError
 from sandbox.policy.model import Policy, Unveil
@@ -78,7 +78,8 @@ class Plan:
     parent_unix: bool = False
     own_netns: bool = False
     resolve_unix: bool = True  # the kernel's Landlock confines pathname unix sockets
-    # Files the pledged promises bring (BRINGS_FILES): (real path, letters, promise).
+    # Files the pledged promises bring (BRINGS_FILES): (real path, letters, promise); no
+    # letters: the metadata of that very path only (BRINGS_STAT).
     brought: tuple[tuple[str, str, str], ...] = ()
 
     @property
@@ -161,6 +162,8 @@ def brought_files(pledge: Iterable[str]) -> tuple[tuple[str, str, str], ...]:
                 out.setdefault(real, (real, perms, promise))
                 # A symlink (/etc/localtime) is opened by its name and resolved to its target.
                 out.setdefault(path, (path, perms, promise))
+        for path in BRINGS_STAT.get(promise, ()):
+            out.setdefault(path, (path, "", promise))  # no letters: stat of that path only
     return tuple(out.values())
 
 

@@ -736,6 +736,9 @@ IMPLIED_UNVEILS: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType(
 # tmppath (a directory to work in: it has its own calls) nor ps (/proc/self would name
 # the opener, not the agent).
 BRINGS_FILES: frozenset[str] = frozenset({"stdio", "getpw", "dns", "tty", "vminfo"})
+# Paths whose metadata alone a promise brings (stat, not open; exact paths, never unveiled):
+# glibc's NSS stats "/" to notice a chroot before it reads nsswitch.conf.
+BRINGS_STAT: Mapping[str, tuple[str, ...]] = MappingProxyType({"getpw": ("/",), "dns": ("/",)})
 
 
 # --- reading the table -----------------------------------------------------------------------

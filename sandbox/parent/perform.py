@@ -868,17 +868,10 @@ class Perform:
             # A file the promise names that this host lacks: the kernel's answer. Any other
             # path was never the promise's to open.
             asked = os.path.normpath(_fsdecode(path)) if path.startswith(b"/") else None
-            if asked is not None and any(_within(asked, b[0]) for b in brought):
+            if asked is not None and any(_within(asked, b[0]) for b in brought if b[1]):
                 return res
             return violation
-        entry = next(
-            (
-                b
-                for b in brought
-                if res.path is not None and _within(res.path, b[0]) and need in b[1]
-            ),
-            None,
-        )
+        entry = next((b for b in brought if _brings(b, res.path, kind, need)), None)
         if entry is None:
             yield from self._release(res)
             return violation
@@ -1097,6 +1090,17 @@ def _own_network(tid: int) -> bool:
         return os.stat(f"/proc/{tid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
     except OSError:
         return False
+
+
+def _brings(entry: tuple[str, str, str], path: str | None, kind: str, need: str) -> bool:
+    """Whether a brought entry covers this use of `path`: a file or directory with its
+    letters, or (no letters) the stat of that very path."""
+    where, letters, _ = entry
+    if path is None:
+        return False
+    if not letters:
+        return path == where and kind in ("stat", "statx")
+    return need in letters and _within(path, where)
 
 
 def _within(path: str, root: str) -> bool:
