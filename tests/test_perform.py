@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from progs.kit import (
     PY,
+    ROOT,
     Box,
     agent,
     assert_clean,
@@ -585,7 +586,7 @@ def test_policy_file_runs_it_too(box: Box) -> None:
         "perf",
     )
     p = subprocess.run([PY, "-m", "sandbox", "explain", policy], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})  # fmt: skip
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert p.returncode == 0, p
     fattr = next(line for line in p.stdout.splitlines() if line.startswith("fattr"))
     assert "chmod" in fattr and "utimensat" in fattr and "setxattr" in fattr, p.stdout

@@ -106,7 +106,8 @@ def test_stdio_brings_dev_null_and_the_time_zone(box: Box) -> None:
     report(null=os.write(fd, b"x"), cloexec=not os.get_inheritable(fd))
     os.environ["TZ"] = ":/usr/share/zoneinfo/{zone}"
     time.tzset()
-    report(zone=time.strftime("%Z", time.localtime(15_000_000)), offset=time.localtime(15_000_000).tm_gmtoff)
+    t = time.localtime(15_000_000)
+    report(zone=time.strftime("%Z", t), offset=t.tm_gmtoff)
     report(hostname=attempt(os.open, "/etc/hostname", os.O_RDONLY))
     """
     r = _run(box, "stdio", body)

@@ -146,7 +146,9 @@ def test_tmppath_strips_them_too(box: Box) -> None:
         try:
             got = assert_clean(
                 sandboxed(
-                    box, [*agent("import stat\n" + textwrap.dedent(body)), str(tmp)], promises="stdio tmppath dpath"
+                    box,
+                    [*agent("import stat\n" + textwrap.dedent(body)), str(tmp)],
+                    promises="stdio tmppath dpath",
                 )
             )
         finally:
@@ -188,7 +190,10 @@ def test_creating_outside_the_unveil_stays_refused(box: Box) -> None:
 def test_without_the_promise_a_setid_mode_is_still_a_violation(box: Box) -> None:
     """Stripping is not a way to gain a promise: open(O_CREAT) without cpath is refused
     whatever the mode, and names cpath."""
-    body = "report(open=attempt(os.open, os.path.join(sys.argv[1], 'f'), os.O_CREAT | os.O_WRONLY, 0o4755))"
+    body = (
+        "report(open=attempt(os.open, os.path.join(sys.argv[1], 'f'), "
+        "os.O_CREAT | os.O_WRONLY, 0o4755))"
+    )
     policy = {"version": 1, "pledge": "stdio rpath wpath", "unveil": {str(box.x): "rwc"},
               "violation": "errno"}  # fmt: skip
     r = sandboxed(box, [*agent(body), str(box.x)], promises=None, policy=policy)

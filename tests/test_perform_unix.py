@@ -95,7 +95,8 @@ os.write(w, b"through-the-fd")
 rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))]
 report(rights=attempt(s.sendmsg, [b"with-fd"], rights, 0, sys.argv[1]))
 import struct
-creds = [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, struct.pack("=iII", os.getpid(), os.getuid(), os.getgid()))]
+ucred = struct.pack("=iII", os.getpid(), os.getuid(), os.getgid())
+creds = [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, ucred)]
 report(creds=attempt(s.sendmsg, [b"with-creds"], creds, 0, sys.argv[1]))
 """
 
@@ -148,7 +149,9 @@ def test_sendmmsg_is_performed_message_by_message(box: Box, inside: DgramServer)
     lens = [struct.unpack_from("=I", mm.raw, 64 * i + 56)[0] for i in range(2)]
     report(n=n, lens=lens)
     """
-    r = sandboxed(box, [*agent(body), inside.path], promises="stdio rpath unix", unveil=[f"{box.x}:rwc"])
+    r = sandboxed(
+        box, [*agent(body), inside.path], promises="stdio rpath unix", unveil=[f"{box.x}:rwc"]
+    )
     assert assert_clean(r) == {"n": 2, "lens": [3, 4]}, show(r)
 
 
@@ -173,7 +176,9 @@ def test_a_datagram_socketpair_needs_unix(box: Box, outside: DgramServer) -> Non
     assert any(v["syscall"] == "socketpair" for v in r.violations), r.violations
     assert outside.got == []
     # stream pairs stay with stdio
-    body = "import socket\na, b = socket.socketpair()\na.sendall(b'x')\nreport(got=b.recv(1).decode())"
+    body = (
+        "import socket\na, b = socket.socketpair()\na.sendall(b'x')\nreport(got=b.recv(1).decode())"
+    )
     assert assert_clean(sandboxed(box, agent(body), promises="stdio rpath")) == {"got": "x"}
     # and under 'unix' the datagram pair works, its sendmsg decided by the parent
     r2 = sandboxed(box, cmd, promises="stdio rpath unix", unveil=[f"{box.x}:rwc"])

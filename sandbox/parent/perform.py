@@ -57,6 +57,7 @@ from sandbox.parent.audit import AuditError
 from sandbox.policy.model import Unveil, beyond_resolved, resolve_unveils
 
 if TYPE_CHECKING:
+    from sandbox.enforce.plan import Plan
     from sandbox.parent.notify import Supervisor
 
 AT_SYMLINK_NOFOLLOW = 0x100
@@ -249,6 +250,19 @@ class PerformerLink:
                 self.sock.setblocking(False)
         self.pending[rid] = then
 
+    def post(self, call: Call) -> None:
+        """Send without waiting for an answer (the performer sends none for these)."""
+        assert self.sock is not None
+        try:
+            self.sock.setblocking(True)
+            self.sock.settimeout(5.0)
+            performer.send(self.sock, {**call.header, "op": call.op, "id": 0, "noreply": True})
+        except OSError:
+            pass
+        finally:
+            if self.sock is not None:
+                self.sock.setblocking(False)
+
     def on_readable(self) -> None:
         assert self.sock is not None
         while self.sock is not None:
@@ -405,17 +419,14 @@ class Perform:
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
         self.link: PerformerLink | None = None
-        self._root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._resolved: tuple[object, tuple[tuple[str, Unveil], ...]] = (None, ())
+        self._restriction: tuple[object, object, landlock.LandlockPlan | None] = (None, None, None)
         self._said: set[tuple[str, str]] = set()
 
     def close(self) -> None:
         if self.link is not None:
             self.link.stop()
             self.link = None
-        with contextlib.suppress(OSError):
-            os.close(self._root)
-        self._root = -1
 
     # -- routing
 
@@ -461,20 +472,9 @@ class Perform:
 
     def _link(self) -> PerformerLink:
         plan = self.sup.plan
-        unveils = tuple(effective_unveils(plan.policy))
-        ll = plan.landlock
-        key = (unveils, None if ll is None else (ll.handled_fs, ll.handled_net, ll.connect_ports))
-        own = None
-        if ll is not None:
-            own = landlock.LandlockPlan(
-                handled_fs=ll.handled_fs,
-                paths=path_rules(unveils),
-                handled_net=ll.handled_net,
-                connect_ports=ll.connect_ports,
-                bind_ports=ll.bind_ports,
-                scopes=0,
-                abi=ll.abi,
-            )
+        if self._restriction[0] is not plan:
+            self._restriction = (plan, *_restriction(plan))
+        _, key, own = self._restriction
         if self.link is None:
             loop = self.sup.loop
             if loop is None:
@@ -576,7 +576,7 @@ class Perform:
             rest = (m.group(2) or b"").lstrip(b"/")
             return agentproc.dup_fd(c.tid, int(m.group(1))), rest, rest == b""
         if path.startswith(b"/"):
-            return os.dup(self._root), path, False  # the performer's root is the agent's
+            return -1, path, False  # the performer resolves it from its root (the agent's)
         dirfd = int32(c.args[layout.dirfd]) if layout.dirfd is not None else agentproc.AT_FDCWD
         return agentproc.dirfd_of(c.tid, dirfd), path, False
 
@@ -598,7 +598,7 @@ class Perform:
             os.close(fd)
             return Answer(error=errno.ELOOP)  # the magic link itself: nothing to act on
         header = {"follow": follow, "empty": empty or itself, "directory": directory}
-        reply = yield Call("resolve", header, rest, (fd,))
+        reply = yield Call("resolve", header, rest, (fd,) if fd >= 0 else ())
         if reply.err:
             return Answer(error=reply.err)
         h = reply.header
@@ -611,9 +611,10 @@ class Perform:
             gid=int(h.get("gid", -1)),
         )
 
-    def _release(self, r: Resolved) -> Decision:
-        yield Call("close", {"h": r.handle})
-        return None
+    def _release(self, r: Resolved | int) -> None:
+        """Let the performer close a resolved descriptor (no answer awaited)."""
+        if self.link is not None and self.link.sock is not None:
+            self.link.post(Call("close", {"h": r.handle if isinstance(r, Resolved) else r}))
 
     def _path_arg(self, c: Ctx, layout: PathArgs) -> bytes:
         addr = c.args[layout.path]
@@ -649,8 +650,13 @@ class Perform:
         if isinstance(res, Answer):
             return res
         extra = {k: v for k, v in values.items() if k in ("mode", "uid", "gid", "times", "name")}
+        if "mode" in extra:
+            extra["mode"] = f"{extra['mode'] & 0o7777:o}"
+        for key in ("uid", "gid"):  # -1 (keep) as the agent wrote it
+            if key in extra:
+                extra[key] = int32(extra[key])
         if not self._allowed(res.path, "w"):
-            yield from self._release(res)
+            self._release(res)
             return self._refuse_unveil(c, res.path, "w", **extra)
         reason = "beneath an unveil with 'w'"
         if kind == "chmod":
@@ -666,7 +672,7 @@ class Perform:
             if (uid != 0xFFFFFFFF and uid != self._euid(c.tid)) or (
                 gid != 0xFFFFFFFF and gid not in own_gids
             ):
-                yield from self._release(res)
+                self._release(res)
                 if not self._record(
                     c,
                     "promise",
@@ -697,8 +703,8 @@ class Perform:
         elif op == "removexattr":
             blob = values["name_raw"]
             header["path"] = (res.path or "").encode("utf-8", "surrogateescape").hex()
+        header["last"] = True  # the performer closes the descriptor after acting
         reply = yield Call(op, header, blob)
-        yield from self._release(res)
         return Answer(value=reply.ret if not reply.err else 0, error=reply.err)
 
     def _attr_values(self, c: Ctx, kind: str, at: tuple[int, ...]) -> dict[str, Any]:
@@ -817,18 +823,20 @@ class Perform:
         except OSError as e:
             return Answer(error=e.errno or errno.EBADF)
         kind = c.args[mode_at] & 0o170000
+        fds = (fd,) if fd >= 0 else ()
         if not self._record(c, "setid", _fsdecode(path), "allow", reason, mode=f"{mode:o}"):
-            os.close(fd)
+            for f in fds:
+                os.close(f)
             return None
         effective = mode & ~umask
         if c.name in ("open", "openat", "creat"):
-            reply = yield Call("open", {"flags": flags, "mode": effective}, rest, (fd,))
+            reply = yield Call("open", {"flags": flags, "mode": effective}, rest, fds)
             new = reply.take_fd()
             if reply.err or new is None:
                 return Answer(error=reply.err or errno.EIO)
             return Answer(fd=new, cloexec=bool(flags & O_CLOEXEC))
         dev = c.args[mode_at + 1]
-        reply = yield Call("mknod", {"mode": kind | effective, "dev": dev}, rest, (fd,))
+        reply = yield Call("mknod", {"mode": kind | effective, "dev": dev}, rest, fds)
         return Answer(error=reply.err)
 
     # -- files a promise brings (SPEC section 5)
@@ -873,32 +881,32 @@ class Perform:
             return violation
         entry = next((b for b in brought if _brings(b, res.path, kind, need)), None)
         if entry is None:
-            yield from self._release(res)
+            self._release(res)
             return violation
         if kind == "open" and flags & O_CREAT and flags & O_EXCL:
-            yield from self._release(res)
+            self._release(res)
             return Answer(error=errno.EEXIST)
         if kind == "open" and not follow and (res.mode & 0o170000) == 0o120000:
-            yield from self._release(res)
+            self._release(res)
             return Answer(error=errno.ELOOP)
         reason = f"a file the promise '{entry[2]}' brings"
         if not self._record(c, entry[2], res.path, "allow", reason):
             return None
         if kind == "open":
-            reply = yield Call("reopen", {"h": res.handle, "flags": flags & ~O_NOFOLLOW})
+            reply = yield Call(
+                "reopen", {"h": res.handle, "flags": flags & ~O_NOFOLLOW, "last": True}
+            )
             new = reply.take_fd()
-            yield from self._release(res)
             if reply.err or new is None:
                 return Answer(error=reply.err or errno.EIO)
             return Answer(fd=new, cloexec=bool(flags & O_CLOEXEC))
         if kind in ("stat", "statx"):
-            header: dict[str, Any] = {"h": res.handle, "kind": kind}
+            header: dict[str, Any] = {"h": res.handle, "kind": kind, "last": True}
             buf = c.args[value_at[0]]
             if kind == "statx":
                 header.update(flags=at, mask=c.args[value_at[0]] & 0xFFFFFFFF)
                 buf = c.args[value_at[1]]
             reply = yield Call("stat", header)
-            yield from self._release(res)
             if reply.err:
                 return Answer(error=reply.err)
             try:
@@ -907,8 +915,7 @@ class Perform:
                 return Answer(error=e.errno or errno.EFAULT)
             return Answer()
         mode = int32(c.args[value_at[0]])
-        reply = yield Call("access", {"h": res.handle, "mode": mode, "flags": at})
-        yield from self._release(res)
+        reply = yield Call("access", {"h": res.handle, "mode": mode, "flags": at, "last": True})
         return Answer(error=reply.err)
 
     # -- unix sockets without Landlock's resolve_unix
@@ -972,7 +979,7 @@ class Perform:
             fds = (os.dup(sock), *(os.dup(fd) for fd in m.fds))
             reply = yield Call(call, header, m.data, fds)
             if "h" in dest:
-                yield Call("close", {"h": dest["h"]})
+                self._release(int(dest["h"]))
             if reply.err:
                 if reply.err == errno.EPIPE and call == "send" and not m.flags & MSG_NOSIGNAL:
                     _tgkill(agentproc.tgid(c.tid), c.tid, signal.SIGPIPE)  # as the kernel
@@ -1054,13 +1061,13 @@ class Perform:
             if isinstance(res, Answer):
                 return res
             if not self._allowed(res.path, "w"):
-                yield from self._release(res)
+                self._release(res)
                 out = self._refuse_unveil(c, res.path, "w")
                 return out if out is not None else Answer(error=errno.EACCES)
             if not self._record(
                 c, "unix", res.path, "allow", "a socket beneath an unveil with 'w'"
             ):
-                yield from self._release(res)
+                self._release(res)
                 return Answer(error=errno.EPERM)
             return {"h": res.handle}
         if family in (socket.AF_INET, socket.AF_INET6):
@@ -1076,6 +1083,26 @@ class Perform:
                 return Refer(held, note="not a nameserver on port 53")
             return Refer(held)
         return {"addr": addr.hex()}
+
+
+def _restriction(plan: Plan) -> tuple[object, landlock.LandlockPlan | None]:
+    """What the agent's performer is restricted to: the agent's Landlock filesystem rules
+    (from its current unveils: under lock: agent, the ones it declared) and TCP ports, no
+    scopes. The key changes when the restriction does (the performer is then restarted)."""
+    unveils = tuple(effective_unveils(plan.policy))
+    ll = plan.landlock
+    if ll is None:
+        return (unveils, None), None
+    own = landlock.LandlockPlan(
+        handled_fs=ll.handled_fs,
+        paths=path_rules(unveils),
+        handled_net=ll.handled_net,
+        connect_ports=ll.connect_ports,
+        bind_ports=ll.bind_ports,
+        scopes=0,
+        abi=ll.abi,
+    )
+    return (unveils, ll.handled_fs, ll.handled_net, ll.connect_ports, ll.bind_ports), own
 
 
 class _Refused(Exception):

@@ -184,6 +184,12 @@ class Performer:
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+            if header.get("last"):  # the parent's last use of a resolved descriptor
+                held = self.held.pop(int(header.get("h", 0)), None)
+                if held is not None:
+                    os.close(held)
+        if header.get("noreply"):
+            return
         try:
             self.reply(header, result, out_blob, out_fds)
         finally:
@@ -254,14 +260,22 @@ def _ok(ret: int = 0) -> tuple[dict[str, Any], bytes, list[int]]:
     return {"ret": ret}, b"", []
 
 
+def _start(fds: list[int], path: bytes) -> int:
+    """Where a path starts: the descriptor the parent passed, or for an absolute path our
+    root (the agent's, since we joined its mount namespace)."""
+    if fds:
+        return fds[0]
+    if path.startswith(b"/"):
+        return -100  # AT_FDCWD: ignored for an absolute path
+    raise OSError(errno.EBADF, "no directory descriptor")
+
+
 def op_resolve(
     p: Performer, h: dict[str, Any], blob: bytes, fds: list[int]
 ) -> tuple[dict[str, Any], bytes, list[int]]:
     """Resolve a path as the agent would (fds[0]: its cwd or dirfd) to an O_PATH descriptor
     we keep; reply with where it lies and what it is."""
-    if not fds:
-        raise OSError(errno.EBADF, "no directory descriptor")
-    dirfd = fds[0]
+    dirfd = _start(fds, blob)
     if blob == b"":
         if not h.get("empty"):
             raise OSError(errno.ENOENT, "empty path")
@@ -416,11 +430,10 @@ def op_open(
 ) -> tuple[dict[str, Any], bytes, list[int]]:
     """An open that creates (its mode already stripped of setuid/setgid by the parent),
     made with the agent's umask applied by the parent (ours is 0)."""
-    if not fds:
-        raise OSError(errno.EBADF, "no directory descriptor")
+    dirfd = _start(fds, blob)
     flags = int(h["flags"])
     flags = flags & (VALID_OPEN_FLAGS | os.O_PATH) & ~os.O_CLOEXEC
-    new = openat2(fds[0], blob, flags, int(h["mode"]) & 0o7777, RESOLVE_NO_MAGICLINKS)
+    new = openat2(dirfd, blob, flags, int(h["mode"]) & 0o7777, RESOLVE_NO_MAGICLINKS)
     return {"ret": 0}, b"", [new]
 
 
@@ -436,9 +449,7 @@ def op_mkdir(
 def op_mknod(
     p: Performer, h: dict[str, Any], blob: bytes, fds: list[int]
 ) -> tuple[dict[str, Any], bytes, list[int]]:
-    if not fds:
-        raise OSError(errno.EBADF, "no directory descriptor")
-    os.mknod(blob, int(h["mode"]), int(h.get("dev", 0)), dir_fd=fds[0])
+    os.mknod(blob, int(h["mode"]), int(h.get("dev", 0)), dir_fd=_start(fds, blob))
     return _ok()
 
 
