@@ -590,3 +590,5 @@ def test_policy_file_runs_it_too(box: Box) -> None:
     assert p.returncode == 0, p
     fattr = next(line for line in p.stdout.splitlines() if line.startswith("fattr"))
     assert "chmod" in fattr and "utimensat" in fattr and "setxattr" in fattr, p.stdout
+    done = p.stdout.split("PERFORMED BY THE PARENT", 1)[1].split("\n\n", 1)[0]
+    assert "chmod" in done and "unveil with 'w'" in done and "setuid/setgid" in done, done

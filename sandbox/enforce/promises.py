@@ -459,7 +459,9 @@ PROMISES: Mapping[str, Promise] = MappingProxyType(
             ),
             _promise(
                 "unix",
-                "AF_UNIX sockets: socket, connect, bind, listen, accept, sendto with an address",
+                "AF_UNIX sockets: socket, connect, bind, listen, accept, sendto with an address; "
+                "pathname sockets only where unveiled 'w' (Landlock resolve_unix, or before "
+                "Landlock ABI 9 the parent, which then decides every connect and send)",
                 *_UNIX_SOCKETS,
                 *_calls(*_SOCKET_CALLS),
                 _r("setsockopt", _eq(1, S.SOL_SOCKET)),
@@ -1187,7 +1189,10 @@ def format_table(width: int = 100) -> str:
         lines += [f"    {s}" for s in items if not s.isidentifier()]
         unveils = [str(u) for u in entry["unveils"]]  # type: ignore[attr-defined]
         if unveils:
-            lines.append(f"    unveils (added by the launcher): {' '.join(unveils)}")
+            how = "added by the launcher"
+            if entry["promise"] in BRINGS_FILES:
+                how += "; opened by the parent for an agent without rpath"
+            lines.append(f"    unveils ({how}): {' '.join(unveils)}")
         if entry.get("weakens"):
             lines += textwrap.wrap(
                 f"weakens: {entry['weakens']}",

@@ -411,6 +411,14 @@ class Ctx:
         return self.n.pid
 
 
+# What each handler does, for `sandbox explain` (and for people reading the table).
+HANDLER_SUMMARY: dict[str, str] = {
+    "perform": "on paths beneath an unveil with 'w', with the agent's ids",
+    "setid": "with setuid/setgid bits stripped",
+    "unix": "to unix sockets unveiled 'w' only (no Landlock resolve_unix here)",
+}
+
+
 class Perform:
     """The calls a Supervisor hands over: decided here, performed by the agent's performer."""
 
@@ -876,7 +884,8 @@ class Perform:
             # A file the promise names that this host lacks: the kernel's answer. Any other
             # path was never the promise's to open.
             asked = os.path.normpath(_fsdecode(path)) if path.startswith(b"/") else None
-            if asked is not None and any(_within(asked, b[0]) for b in brought if b[1]):
+            creating = kind == "open" and flags & O_CREAT  # creating one needs cpath
+            if asked and not creating and any(_within(asked, b[0]) for b in brought if b[1]):
                 return res
             return violation
         entry = next((b for b in brought if _brings(b, res.path, kind, need)), None)
