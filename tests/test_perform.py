@@ -36,11 +36,6 @@ from sandbox.testing import write_policy
 # The agent's side: each brokered call by its number, on sys.argv[2] (and a dirfd).
 CALLS = r"""
 import struct
-KEEP = []
-def ptr(b):
-    buf = ctypes.create_string_buffer(b)
-    KEEP.append(buf)
-    return ctypes.addressof(buf)
 AT_FDCWD, AT_SYMLINK_NOFOLLOW, AT_EMPTY_PATH = -100, 0x100, 0x1000
 def call(name, path, uid=None, gid=None, dirfd=AT_FDCWD, flags=0):
     p = ptr(os.fsencode(path))
@@ -592,3 +587,70 @@ def test_policy_file_runs_it_too(box: Box) -> None:
     assert "chmod" in fattr and "utimensat" in fattr and "setxattr" in fattr, p.stdout
     done = p.stdout.split("PERFORMED BY THE PARENT", 1)[1].split("\n\n", 1)[0]
     assert "chmod" in done and "unveil with 'w'" in done and "setuid/setgid" in done, done
+
+
+def test_lock_agent_declared_unveils_bound_the_parent(box: Box) -> None:
+    """Under lock: agent the parent decides by what the agent declared, not by the policy:
+    a file in the policy's tree but outside the declared unveil is refused, by the unveil
+    check (chmod) and by the performer's own Landlock rules (an O_CREAT with a setuid mode
+    it performs). A second, narrower pledge restarts the performer with what is left."""
+    (box.x / "sub").mkdir()
+    (box.x / "other").mkdir()
+    inside, other = box.x / "sub" / "f", box.x / "other" / "f"
+    _fresh(inside)
+    _fresh(other)
+    body = """
+    import sandbox
+    sandbox.unveil(sys.argv[1], "rwc")
+    sandbox.pledge("stdio rpath wpath cpath fattr")
+    j = lambda *p: os.path.join(*p)
+    def create(p):
+        os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o4755))
+        return oct(os.stat(p).st_mode & 0o7777)
+    report(inside=call("chmod", j(sys.argv[1], "f")), other=call("chmod", sys.argv[2]),
+           new_inside=attempt(create, j(sys.argv[1], "n")),
+           new_other=attempt(create, j(os.path.dirname(sys.argv[2]), "n")))
+    sandbox.pledge("stdio rpath fattr")
+    report(after=call("utimensat", j(sys.argv[1], "f")))
+    """
+    policy = {
+        "version": 1,
+        "lock": "agent",
+        "pledge": "stdio rpath wpath cpath fattr unveil",
+        "unveil": {str(box.x): "rwc"},
+    }
+    r = sandboxed(box, [*prog(body), str(box.x / "sub"), str(other)], promises=None, policy=policy)
+    got = assert_clean(r)
+    assert got == {
+        "inside": "ok",
+        "other": "EACCES",
+        "new_inside": oct(0o755 & ~0o022),
+        "new_other": "EACCES",
+        "after": "ok",
+    }, got
+    assert stat.S_IMODE(other.stat().st_mode) == 0o600
+
+
+def test_brought_files_cannot_be_changed(box: Box) -> None:
+    """/dev/null is unveiled 'rw' by stdio to be written, not to have its mode, owner or
+    times changed: chmod of it (by name, or through the agent's own stdin, a descriptor of
+    it) is refused, and the host's /dev/null is untouched. A policy that unveils a path
+    itself with 'w' is what the attribute calls look at."""
+    before = os.stat("/dev/null")
+    # 0666, /dev/null's own mode: were the call performed, the host would lose nothing.
+    body = """
+    same = 0o666
+    report(name=raw(90, ptr(b"/dev/null"), same), stdin=raw(90, ptr(b"/proc/self/fd/0"), same),
+           times=raw(280, -100, ptr(b"/dev/null"), 0, 0))
+    """
+    with open("/dev/null", "rb") as stdin:
+        r = sandboxed(box, prog(body), promises=PROMISES, stdin=stdin)
+    got = assert_clean(r)
+    assert got == {"name": "EACCES", "stdin": "EACCES", "times": "EACCES"}, show(r)
+    assert [o["decision"] for o in r.ops] == ["deny"] * 3, r.ops
+    after = os.stat("/dev/null")
+    assert (after.st_mode, after.st_mtime_ns, after.st_ctime_ns) == (
+        before.st_mode,
+        before.st_mtime_ns,
+        before.st_ctime_ns,
+    )

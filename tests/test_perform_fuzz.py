@@ -89,16 +89,32 @@ def test_random_arguments_to_every_brokered_call(box: Box) -> None:
         "unveil": {str(box.x): "rwc"},
         "violation": "errno",
     }
+    host = [os.stat("/dev/null")]
     for seed in (SEED, SEED + 1):
-        r = sandboxed(
-            box, [*agent(FUZZ_AGENT), str(box.x), str(seed), "300"], promises=None, policy=policy
-        )
+        # stdin a pipe of our own: the descriptor forms (fchmod of fd 0) are allowed
+        # outright, and a root agent owns /dev/null.
+        rfd, wfd = os.pipe()
+        os.close(wfd)
+        with os.fdopen(rfd, "rb") as stdin:
+            r = sandboxed(
+                box,
+                [*agent(FUZZ_AGENT), str(box.x), str(seed), "300"],
+                promises=None,
+                policy=policy,
+                stdin=stdin,
+            )
         assert r.status == 0 and results(r.stdout) == {"answers": 300}, r
         assert r.of_kind("exit"), r
         p = subprocess.run(
             [PY, "-m", "sandbox", "audit", "verify", r.log], capture_output=True, text=True
         )
         assert p.returncode == 0, p
+        # Nothing outside the tree was changed (the agent's stdin, /dev/null, is a target).
+        allowed = [
+            o["path"] for o in r.ops if o["decision"] == "allow" and o["resource"] == "unveil"
+        ]
+        assert all(p.startswith(str(box.x) + "/") for p in allowed), allowed
+        assert os.stat("/dev/null").st_mode == host[0].st_mode
         assert not any(o.get("resource") == "internal" for o in r.ops), [
             o for o in r.ops if o.get("resource") == "internal"
         ]

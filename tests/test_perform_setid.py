@@ -33,11 +33,6 @@ def box(tmp_path: Path) -> Box:
 
 MODE_CALLS = r"""
 import struct
-KEEP = []
-def ptr(b):
-    buf = ctypes.create_string_buffer(b)
-    KEEP.append(buf)
-    return ctypes.addressof(buf)
 d = sys.argv[1]
 j = lambda n: ptr(os.fsencode(os.path.join(d, n)))
 def mode(n):

@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 
 from sandbox import procfs, wire
 from sandbox.enforce import landlock, seccomp
@@ -206,8 +207,15 @@ def pledge(
 def _install_local(new: frozenset[str]) -> None:
     """A filter with no listener: the kernel itself applies the violation action."""
     violation = os.environ.get(ENV_VIOLATION, "kill") if _launched() else "kill"
+    rules = rules_for(new)
+    if _launched():
+        # The calls the parent decides (notify rows) stay routed by the first filter, whose
+        # listener the parent holds: of two filters' answers the kernel takes the stricter,
+        # and "allow" here leaves the first filter's "notify" in charge. Without this, a
+        # notify row in a filter with no listener would fail with ENOSYS.
+        rules = [replace(r, action="allow") if r.action == "notify" else r for r in rules]
     filt = seccomp.build_filter(
-        rules_for(new),
+        rules,
         violation=seccomp.KERNEL_ACTIONS.get(violation, "kill"),
         self_pid=os.getpid(),
         never_action=seccomp.NEVER_KERNEL_ACTIONS.get(violation, "kill"),

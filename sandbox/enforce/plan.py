@@ -139,11 +139,15 @@ def landlock_scope_names(scopes: int) -> list[str]:
     return [n for bit, n in names.items() if scopes & bit]
 
 
-def effective_unveils(policy: Policy) -> tuple[Unveil, ...]:
-    """The policy's unveils plus the read-only files some promises imply (dns, getpw...)."""
+def effective_unveils(policy: Policy, *, brought: bool = True) -> tuple[Unveil, ...]:
+    """The policy's unveils plus the read-only files some promises imply (dns, getpw...).
+
+    brought=False leaves out the files a promise brings (BRINGS_FILES): they are there to
+    be read (or written, /dev/null), not to have their modes, owners or times changed.
+    """
     out = list(policy.unveil)
     have = {u.path for u in out}
-    for promise in sorted(policy.pledge):
+    for promise in sorted(policy.pledge if brought else policy.pledge - BRINGS_FILES):
         for path, perms in IMPLIED_UNVEILS.get(promise, ()):
             if path not in have:
                 out.append(Unveil(path=path, perms=frozenset(perms), optional=True))

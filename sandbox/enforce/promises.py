@@ -780,9 +780,9 @@ def _missing(
     syscall: str, args: Sequence[int], held: frozenset[str], self_pid: int | None
 ) -> str | None:
     """The fewest promises beyond `held` whose rows allow the call (the narrow ones before
-    tmppath), in table order; else, the same among the rows that answer it otherwise
-    (notify: performed by the parent; enosys); None if no row of any promise matches."""
-    for actions in (("allow",), ("notify",), ("enosys",)):
+    tmppath), in table order; else the same among the rows the parent performs (notify);
+    else those of a row that fails it (enosys); None if no row of any promise matches."""
+    for actions in (("allow",), ("notify",)):
         best: list[str] | None = None
         best_key: tuple[bool, int, int] | None = None
         for name, promise in PROMISES.items():
@@ -795,6 +795,10 @@ def _missing(
                         best, best_key = _canonical(missing or need), key
         if best is not None:
             return " ".join(best)
+    for name, promise in PROMISES.items():  # failed (enosys) somewhere: that promise
+        for rule in promise.rules:
+            if rule_matches(rule, syscall, args, self_pid):
+                return " ".join(_canonical({name, *rule.also}))
     return None
 
 

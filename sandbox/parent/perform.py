@@ -184,17 +184,16 @@ class PerformerLink:
         self.key: object = None  # what the running performer was restricted to
         self.pending: dict[int, Callable[[Reply], None]] = {}
         self.next_id = 1
-        self.restarts = 0
+        self.failures = 0  # performers that died or did not start
         self.why = ""
 
     def ensure(self, key: object, ll: landlock.LandlockPlan | None) -> None:
         """A performer restricted to `ll` (restarted when the restriction changed)."""
         if self.sock is not None and self.key == key:
             return
-        self.stop()
-        if self.restarts >= MAX_RESTARTS:
+        self.stop()  # a new restriction (a narrowing lock): a new performer
+        if self.failures >= MAX_RESTARTS:
             raise Unavailable(self.why or "the performer died too often")
-        self.restarts += 1
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for s in (mine, theirs):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, performer.MAX_FRAME * 2)
@@ -209,7 +208,7 @@ class PerformerLink:
                 os.dup2(theirs.fileno(), 3, inheritable=False)
                 hygiene.close_fds_from(4)
                 chan = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=3)
-                performer.main(chan, self.agent_pid, ll)
+                performer.main(chan, self.agent_pid, ll, launcher)
             finally:
                 os._exit(3)
         theirs.close()
@@ -223,6 +222,7 @@ class PerformerLink:
             header = {"why": f"no answer from the performer: {e}"}
         if header.get("ready") is not True:
             self.why = str(header.get("why", "the performer did not start in time"))[:500]
+            self.failures += 1
             mine.close()
             self._reap(kill=True)
             raise Unavailable(self.why)
@@ -285,6 +285,7 @@ class PerformerLink:
 
     def _died(self) -> None:
         self.why = "the performer exited"
+        self.failures += 1
         self.stop()
 
     def stop(self) -> None:
@@ -527,9 +528,13 @@ class Perform:
         return pol.pledge
 
     def _unveils(self) -> tuple[tuple[str, Unveil], ...]:
+        """What the attribute and socket checks decide by: the policy's unveils (and
+        tmppath's /tmp), not the files a promise brings: /dev/null is unveiled 'rw' to be
+        written, not to have its mode changed."""
         plan = self.sup.plan
         if self._resolved[0] is not plan:
-            self._resolved = (plan, resolve_unveils(effective_unveils(plan.policy)))
+            own = effective_unveils(plan.policy, brought=False)
+            self._resolved = (plan, resolve_unveils(own))
         return self._resolved[1]
 
     def _record(

@@ -622,9 +622,14 @@ def _become_agent(agent: int) -> None:
         raise SetupError("the performer did not take the agent's ids")
 
 
-def main(sock: socket.socket, agent: int, plan: landlock.LandlockPlan | None) -> NoReturn:
+def main(
+    sock: socket.socket, agent: int, plan: landlock.LandlockPlan | None, launcher: int
+) -> NoReturn:
     """The performer's life, in the forked child. Never returns."""
     try:
+        # The launcher's signal wake-up descriptor is not ours: a signal must not write a
+        # byte into whatever descriptor later takes its number.
+        signal.set_wakeup_fd(-1)
         for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)  # the terminal's signals are the agent's
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -632,6 +637,8 @@ def main(sock: socket.socket, agent: int, plan: landlock.LandlockPlan | None) ->
         selffd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         _join_namespaces(agent)
         _become_agent(agent)
+        # A change of ids clears the parent-death signal: set it again.
+        hygiene.set_parent_death_signal(launcher)
         os.umask(0)  # the parent applies the agent's umask to every mode it passes
         if plan is not None:
             landlock.apply(plan)
