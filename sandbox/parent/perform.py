@@ -234,34 +234,34 @@ class PerformerLink:
         assert self.sock is not None
         rid = self.next_id
         self.next_id += 1
-        header = {**call.header, "op": call.op, "id": rid}
         try:
-            self.sock.setblocking(True)
-            self.sock.settimeout(5.0)
-            performer.send(self.sock, header, call.blob, list(call.fds))
+            self._send({**call.header, "op": call.op, "id": rid}, call.blob, call.fds)
         except OSError as e:
             then(Reply({"err": e.errno or errno.EIO}))
             return
-        finally:
-            for fd in call.fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            if self.sock is not None:
-                self.sock.setblocking(False)
         self.pending[rid] = then
 
     def post(self, call: Call) -> None:
         """Send without waiting for an answer (the performer sends none for these)."""
+        with contextlib.suppress(OSError):
+            self._send({**call.header, "op": call.op, "id": 0, "noreply": True})
+
+    def _send(self, header: dict[str, Any], blob: bytes = b"", fds: tuple[int, ...] = ()) -> None:
+        """One frame; our `fds` are closed once sent. The socket stays non-blocking (the
+        loop reads it); a full buffer (a performer that stopped reading) waits at most 5 s."""
         assert self.sock is not None
         try:
-            self.sock.setblocking(True)
-            self.sock.settimeout(5.0)
-            performer.send(self.sock, {**call.header, "op": call.op, "id": 0, "noreply": True})
-        except OSError:
-            pass
+            for _ in range(2):
+                try:
+                    performer.send(self.sock, header, blob, list(fds))
+                    return
+                except BlockingIOError:
+                    select.select([], [self.sock], [], 5.0)
+            raise OSError(errno.EAGAIN, "the performer does not read its requests")
         finally:
-            if self.sock is not None:
-                self.sock.setblocking(False)
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def on_readable(self) -> None:
         assert self.sock is not None
