@@ -213,3 +213,12 @@ def test_the_brought_files_are_in_the_promise_table() -> None:
                        env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert p.returncode == 0
     assert "/dev/null:rw" in p.stdout and "/etc/resolv.conf:r" in p.stdout, p.stdout
+
+
+def test_the_router_and_the_decisions_agree() -> None:
+    """notify.py routes without importing perform.py (its import would cost every launch):
+    its two sets must name what perform.py decides."""
+    from sandbox.parent import notify, perform
+
+    assert set(perform.BROUGHT_CALLS) == notify.BRINGING
+    assert set(perform.HANDLER_SUMMARY) == notify.PERFORMED

@@ -24,12 +24,20 @@ from sandbox.enforce.promises import refusal
 from sandbox.enforce.rules import match
 from sandbox.enforce.syscalls import Memory, decode_args
 from sandbox.parent.audit import AuditError, AuditLog
-from sandbox.parent.perform import Perform
 
 if TYPE_CHECKING:
     from sandbox.parent.denials import Reporter
     from sandbox.parent.dnsproxy import DnsEmulator
     from sandbox.parent.loop import EventLoop
+    from sandbox.parent.perform import Perform
+
+# Handlers of notify rows whose calls the parent decides from the agent's memory and
+# performs itself (sandbox.parent.perform, SPEC section 8), and the calls that may open or
+# stat a file a pledged promise brings (an agent without rpath).
+PERFORMED = frozenset({"perform", "setid", "unix"})
+BRINGING = frozenset(
+    {"open", "openat", "stat", "lstat", "newfstatat", "statx", "access", "faccessat", "faccessat2"}
+)
 
 
 def _status_field(pid: int, key: str) -> int | None:
@@ -58,7 +66,7 @@ class Supervisor:
     kernel_kill_hint: str = "a system call of a foreign architecture or ABI (x32, int 0x80)"
 
     def __post_init__(self) -> None:
-        self.perform = Perform(self)
+        self._perform: Perform | None = None  # made on first use: its import costs a launch
         if "dns" in self.plan.policy.pledge:
             from sandbox.parent.dnsproxy import DnsEmulator  # only agents with 'dns' need it
 
@@ -133,13 +141,13 @@ class Supervisor:
         if handler == "trace":
             self._trace(n, name, args)
             return
-        if handler in Perform.HANDLERS:
+        if handler in PERFORMED:
             # Decided from the agent's memory and performed by the parent (SPEC section 8).
-            self.perform.start(n, name, args, handler)
+            self.perform().start(n, name, args, handler)
             return
-        if rule is None and self.perform.wants(name):
+        if rule is None and self.plan.brought and name in BRINGING:
             # Maybe a file a pledged promise brings (an agent without rpath).
-            self.perform.start(n, name, args, "brought")
+            self.perform().start(n, name, args, "brought")
             return
         self.refuse(n, name, args, self.plan.policy.pledge)
 
@@ -158,8 +166,16 @@ class Supervisor:
             notes = "; ".join(x for x in (note, why.note) if x) or None
             self.violation(n, name, args, why.promise, note=notes, mem=mem)
 
+    def perform(self) -> Perform:
+        if self._perform is None:
+            from sandbox.parent.perform import Perform
+
+            self._perform = Perform(self)
+        return self._perform
+
     def close(self) -> None:
-        self.perform.close()
+        if self._perform is not None:
+            self._perform.close()
 
     def under_execpromises(self, tid: int) -> bool:
         return self._under_execpromises(tid)

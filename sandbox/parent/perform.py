@@ -423,8 +423,6 @@ HANDLER_SUMMARY: dict[str, str] = {
 class Perform:
     """The calls a Supervisor hands over: decided here, performed by the agent's performer."""
 
-    HANDLERS = frozenset({"perform", "setid", "unix", "brought"})
-
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
         self.link: PerformerLink | None = None
@@ -438,10 +436,6 @@ class Perform:
             self.link = None
 
     # -- routing
-
-    def wants(self, name: str) -> bool:
-        """Whether a call no rule allows might be a file a pledged promise brings."""
-        return bool(self.sup.plan.brought) and name in BROUGHT_CALLS
 
     def start(self, n: seccomp.Notification, name: str, args: list[int], handler: str) -> None:
         c = Ctx(n, name, args)
