@@ -409,9 +409,9 @@ def compile_plan(
 
     resolve_unix = abi >= landlock.FS_RIGHT_ABI[landlock.RESOLVE_UNIX]
     parent_unix = "unix" in policy.pledge and not resolve_unix
-    # Abstract sockets are named per network namespace: in a namespace of its own (root
-    # gives one; 'inet' needs the host's) the ones the parent connects to are the agent's.
-    own_netns = dns_relay or (parent_unix and "inet" not in policy.pledge and feats.root)
+    # Abstract sockets are named per network namespace: in a namespace of its own (made as
+    # for dns; 'inet' needs the host's) the ones the parent connects to are the agent's.
+    own_netns = dns_relay or (parent_unix and "inet" not in policy.pledge and feats.namespaces)
 
     rlimits = tuple(
         (RLIMIT_OF[name], int(value))
