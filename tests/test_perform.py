@@ -654,3 +654,27 @@ def test_brought_files_cannot_be_changed(box: Box) -> None:
         before.st_mtime_ns,
         before.st_ctime_ns,
     )
+
+
+def test_as_an_ordinary_user(tmp_path: Path) -> None:
+    """The same for an unprivileged launcher (the test user, through tests/progs/asuser.py):
+    the performer takes that user's ids, chmod inside the unveil is performed with setuid
+    stripped, a file of the user's outside it is refused (and changeable directly)."""
+    from progs.asuser import as_user
+
+    u = as_user(tmp_path)
+    inside = u.write("tree/mine.txt", "x", mode=0o600)
+    outside = u.write("elsewhere.txt", "x", mode=0o600)
+    body = "report(inside=call('chmod', sys.argv[1]), outside=call('chmod', sys.argv[2]))"
+    cmd = [*prog(body), str(inside), str(outside)]
+    direct = u.run(cmd)
+    assert results(direct.stdout) == {"inside": "ok", "outside": "ok"}, direct
+    inside.chmod(0o600)
+    outside.chmod(0o600)
+    r = u.sandbox(cmd, promises=PROMISES, unveil=[f"{inside.parent}:rwc"])
+    assert r.status == 0 and results(r.stdout) == {"inside": "ok", "outside": "EACCES"}, r
+    assert stat.S_IMODE(inside.stat().st_mode) == 0o640
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o600
+    setuid = "report(r=raw(90, ptr(os.fsencode(sys.argv[1])), 0o4755))"
+    r2 = u.sandbox([*prog(setuid), str(inside)], promises=PROMISES, unveil=[f"{inside.parent}:rwc"])
+    assert results(r2.stdout) == {"r": 0} and stat.S_IMODE(inside.stat().st_mode) == 0o755, r2

@@ -3,33 +3,30 @@ modes and times, `install -m`, `touch -d`, `git init` and `python3 -m venv`, eac
 tightest policy that fits, checked from the host (modes, times, files), each with its
 control: the same task without 'fattr' is refused, and the message names it.
 
-As root, and as the unprivileged test user where that user can run `sandbox run` at all
-(it needs an interpreter it can reach and a working unprivileged launch; otherwise the
-parameter is skipped and says why).
+As root, and as the unprivileged test user (through tests/progs/asuser.py).
 """
 
 from __future__ import annotations
 
-import functools
 import os
-import pwd
 import shutil
 import stat
 import subprocess
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from progs import asuser
 from progs.kit import PY, ROOT
 
 from sandbox.enforce import promises as P
 from sandbox.enforce import syscalls as S
 from sandbox.testing import write_policy
 
-TEST_USER = "sandboxtest"
+TEST_USER = asuser.TEST_USER
 T2001 = 981173106  # 2001-02-03 04:05:06 UTC
 
 
@@ -40,69 +37,57 @@ class Run:
     stderr: str
 
 
-@functools.cache
-def _user_can_launch() -> str | None:
-    """None if the unprivileged user can `sandbox run` here, else why not."""
-    if os.geteuid() != 0:
-        return "the tests do not run as root (they run as the user already)"
-    try:
-        pwd.getpwnam(TEST_USER)
-    except KeyError:
-        return f"no user {TEST_USER} (ci/setup creates it)"
-    probe = subprocess.run(
-        ["runuser", "-u", TEST_USER, "--", PY, "-m", "sandbox", "run", "-p", "stdio rpath",
-         "-v", "@python:rx", "-v", "@system:rx", "--audit-log", "/dev/null", "--", "/bin/true"],
-        capture_output=True, text=True, timeout=60, cwd="/",
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
-    if probe.returncode != 0:
-        why = (probe.stderr.strip() or f"exit {probe.returncode}").splitlines()[-1]
-        return f"{TEST_USER} cannot launch here yet: {why}"
-    return None
-
-
 @pytest.fixture(params=["root", TEST_USER])
 def as_user(request: pytest.FixtureRequest) -> str:
-    if request.param == TEST_USER:
-        why = _user_can_launch()
-        if why is not None:
-            pytest.skip(why)
-    elif os.geteuid() != 0:
+    if request.param == "root" and os.geteuid() != 0:
         pytest.skip("not root")
     return str(request.param)
 
 
 @pytest.fixture
-def work(as_user: str) -> Iterator[Path]:
-    """A work tree both users can reach, owned by the user who runs the task."""
-    d = Path(tempfile.mkdtemp(prefix="perform-prog-", dir="/tmp"))
-    d.chmod(0o755)
+def work(as_user: str, tmp_path: Path) -> Iterator[Path]:
+    """A work tree for the task, owned by the user who runs it (the test user's through
+    the harness of tests/progs/asuser.py)."""
+    if as_user == "root":
+        d = tmp_path / "work"
+        d.mkdir()
+    else:
+        harness = asuser.as_user(tmp_path)
+        d = harness.work
+        _HARNESS[d] = harness
     (d / "src").mkdir()
     (d / "dst").mkdir()
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    yield d
+    _HARNESS.pop(d, None)
+
+
+_HARNESS: dict[Path, asuser.AsUser] = {}  # the test user's harness, by its work directory
 
 
 def _own(d: Path, user: str) -> None:
-    if user != "root":
-        pw = pwd.getpwnam(user)
+    if user != "root" and os.geteuid() == 0:
+        u = asuser.unprivileged_user()
         for p in [d, *d.rglob("*")]:
-            os.lchown(p, pw.pw_uid, pw.pw_gid)
+            os.lchown(p, u.uid, u.gid)
 
 
 def run(work: Path, user: str, pledge: str, unveil: dict[str, str], cmd: list[str],
         env: dict[str, str] | None = None) -> Run:  # fmt: skip
-    policy = {"version": 1, "name": "prog", "pledge": pledge,
-              "unveil": {"@system": "rx", **unveil}, "violation": "kill"}  # fmt: skip
+    policy: dict[str, Any] = {
+        "version": 1,
+        "name": "prog",
+        "pledge": pledge,
+        "unveil": {"@system": "rx", **unveil},
+        "violation": "kill",
+    }
     if env:
         policy["env"] = {"keep": ["PATH", "LANG"], "set": env}
-    path = write_policy(work, policy, "prog")
     _own(work, user)
-    argv = [PY, "-m", "sandbox", "run", path, "--audit-log", str(work / "audit.jsonl"), "--", *cmd]
     if user != "root":
-        argv = ["runuser", "-u", user, "--", *argv]
+        r = _HARNESS[work].sandbox(cmd, policy=policy, base_unveil=False)
+        return Run(r.status, r.stdout, r.stderr)
+    path = write_policy(work, policy, "prog")
+    argv = [PY, "-m", "sandbox", "run", path, "--audit-log", str(work / "audit.jsonl"), "--", *cmd]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=work,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     return Run(p.returncode, p.stdout, p.stderr)
