@@ -25,12 +25,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 
 from sandbox import procfs, wire
 from sandbox.enforce import landlock, seccomp
 from sandbox.enforce.apply import Steps, apply
 from sandbox.enforce.plan import seccomp_rules
 from sandbox.enforce.promises import PROMISE_NAMES, rules_for
+from sandbox.enforce.rules import Rule
 from sandbox.policy.model import PERM_LETTERS, perm_string
 from sandbox.protocol import (
     ENV_AGENT,
@@ -48,6 +50,7 @@ _unveil_locked = False
 _promises: frozenset[str] | None = None  # plain promises held (None: never pledged)
 _capabilities: frozenset[str] = frozenset()  # RESOURCE:RIGHT words declared to the parent
 _execpromises: frozenset[str] | None = None
+_routed: frozenset[Rule] = frozenset()  # the first filter's notify rows (the parent decides)
 
 
 def _err(code: int, message: str) -> OSError:
@@ -235,8 +238,21 @@ def _install_local(new: frozenset[str], violation: str | None = None) -> None:
     """A filter with no listener: the kernel itself applies the violation action."""
     if violation is None:
         violation = os.environ.get(ENV_VIOLATION, "kill") if _launched() else "kill"
+    rules = rules_for(new)
+    if _launched():
+        # The calls the parent decides (notify rows) stay routed by the first filter, whose
+        # listener the parent holds: of two filters' answers the kernel takes the stricter,
+        # so "allow" here leaves the first filter's "notify" in charge. Only rows the first
+        # filter routes too: a row it allows outright would be allowed by both filters, and
+        # the parent would never see the call; such rows fall to the violation action.
+        # Without this, a notify row in a filter with no listener would fail with ENOSYS.
+        rules = [
+            replace(r, action="allow") if r.action == "notify" else r
+            for r in rules
+            if r.action != "notify" or r in _routed
+        ]
     filt = seccomp.build_filter(
-        rules_for(new),
+        rules,
         violation=seccomp.KERNEL_ACTIONS.get(violation, "kill"),
         self_pid=os.getpid(),
         never_action=seccomp.NEVER_KERNEL_ACTIONS.get(violation, "kill"),
@@ -247,11 +263,17 @@ def _install_local(new: frozenset[str], violation: str | None = None) -> None:
 def _lock_with_parent(
     new: frozenset[str], caps: frozenset[str], exe: frozenset[str] | None
 ) -> None:
-    rules = seccomp_rules(new, exe)
+    rules = seccomp_rules(
+        new,
+        exe,
+        resolve_unix=landlock.abi_version() >= landlock.FS_RIGHT_ABI[landlock.RESOLVE_UNIX],
+    )
     filt = seccomp.build_filter(
         list(rules), violation="notify", self_pid=os.getpid(), never_action="notify"
     )
     listener = apply(Steps(seccomp=seccomp.to_bpf(filt), listener=True, tsync=True))
+    global _routed
+    _routed = frozenset(r for r in rules if r.action == "notify")
     try:
         _tell_parent(new, caps, exe, listener=listener)
     finally:

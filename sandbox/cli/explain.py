@@ -62,8 +62,27 @@ def explain_json(policy: Policy, feats: Features | None = None) -> dict[str, Any
             "file_size": lim.file_size,
         },
         "env": dict(sorted(plan.env.items())),
+        "performed_by_parent": _performed(plan),
         "enforced": plan.enforced(),
         "missing": [{"name": r.name, "why": r.why, "missing": r.missing} for r in plan.missing],
+    }
+
+
+def _performed(plan: Plan) -> dict[str, Any]:
+    """The calls the parent decides and performs for this policy (SPEC section 8), and the
+    files the promises bring for an agent without rpath."""
+    from sandbox.parent.perform import HANDLER_SUMMARY
+
+    calls: dict[str, set[str]] = {}
+    for r in plan.rules:
+        if r.action == "notify" and r.handler in HANDLER_SUMMARY:
+            calls.setdefault(r.handler, set()).add(r.syscall)
+    return {
+        "calls": [
+            {"calls": sorted(names), "how": HANDLER_SUMMARY[h]}
+            for h, names in sorted(calls.items())
+        ],
+        "brought": [{"path": p, "perms": perms, "promise": pr} for p, perms, pr in plan.brought],
     }
 
 
@@ -103,6 +122,13 @@ def explain_text(policy: Policy, feats: Features | None = None) -> str:
         out.append(
             f"{u['path']:<40} {u['perms'] or '-':<6} {', '.join(u['landlock']) or 'none'}{flags}"
         )
+    done = data["performed_by_parent"]
+    if done["calls"] or done["brought"]:
+        out += ["", "PERFORMED BY THE PARENT (decided from the agent's memory, made as the agent)"]
+        out += [f"  {', '.join(c['calls'])}: {c['how']}" for c in done["calls"]]
+        brought = [f"{b['path']} ({b['promise']})" for b in done["brought"] if b["perms"]]
+        if brought:
+            out.append(f"  opened without rpath: {', '.join(brought)}")
     out += ["", f"TCP         {data['tcp']}"]
     if data["resources"]:
         out += ["", "RESOURCE     TYPE  WHERE"]

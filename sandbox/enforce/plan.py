@@ -13,9 +13,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sandbox.enforce import landlock, mounts
+from sandbox.enforce import syscalls as S
 from sandbox.enforce.kernel import Features
-from sandbox.enforce.promises import IMPLIED_UNVEILS, rules_for
-from sandbox.enforce.rules import SELF_PID, Rule
+from sandbox.enforce.promises import BRINGS_FILES, BRINGS_STAT, IMPLIED_UNVEILS, rules_for
+from sandbox.enforce.rules import SELF_PID, Arg, Rule
 from sandbox.errors import SetupError
 from sandbox.policy.model import Policy, Unveil
 from sandbox.protocol import (
@@ -71,6 +72,15 @@ class Plan:
     landlock_audit: bool = False  # the parent reads Landlock's refusals from audit records
     capabilities: str = "all dropped"
     trace_unveil: bool = False  # path-taking calls go to the parent, which names refusals
+    # 'unix' on a kernel without Landlock's resolve_unix: the parent decides connect/sendto/
+    # sendmsg (sandbox.parent.perform); own_netns: the agent has a network namespace of its
+    # own, so the abstract sockets there are all the sandbox's.
+    parent_unix: bool = False
+    own_netns: bool = False
+    resolve_unix: bool = True  # the kernel's Landlock confines pathname unix sockets
+    # Files the pledged promises bring (BRINGS_FILES): (real path, letters, promise); no
+    # letters: the metadata of that very path only (BRINGS_STAT).
+    brought: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def missing(self) -> list[Requirement]:
@@ -91,6 +101,18 @@ class Plan:
             },
             "noexec_writable_paths": list(self.noexec),
             "dns": "relayed by the parent, own network namespace" if self.dns_relay else None,
+            "unix": None
+            if "unix" not in self.policy.pledge
+            else (
+                "connect/sendto/sendmsg decided and performed by the parent"
+                + (
+                    "; abstract sockets: the agent's own network namespace"
+                    if self.own_netns
+                    else "; abstract sockets refused (shared network namespace)"
+                )
+                if self.parent_unix
+                else "Landlock resolve_unix"
+            ),
             "cgroup": {"memory": self.cgroup_memory, "processes": self.cgroup_processes}
             if self.cgroup_memory is not None or self.cgroup_processes is not None
             else None,
@@ -117,16 +139,116 @@ def landlock_scope_names(scopes: int) -> list[str]:
     return [n for bit, n in names.items() if scopes & bit]
 
 
-def effective_unveils(policy: Policy) -> tuple[Unveil, ...]:
-    """The policy's unveils plus the read-only files some promises imply (dns, getpw...)."""
+def effective_unveils(policy: Policy, *, brought: bool = True) -> tuple[Unveil, ...]:
+    """The policy's unveils plus the read-only files some promises imply (dns, getpw...).
+
+    brought=False leaves out the files a promise brings (BRINGS_FILES): they are there to
+    be read (or written, /dev/null), not to have their modes, owners or times changed.
+    """
     out = list(policy.unveil)
     have = {u.path for u in out}
-    for promise in sorted(policy.pledge):
+    for promise in sorted(policy.pledge if brought else policy.pledge - BRINGS_FILES):
         for path, perms in IMPLIED_UNVEILS.get(promise, ()):
             if path not in have:
                 out.append(Unveil(path=path, perms=frozenset(perms), optional=True))
                 have.add(path)
     return tuple(out)
+
+
+def brought_files(pledge: Iterable[str]) -> tuple[tuple[str, str, str], ...]:
+    """The files the pledged promises bring (real paths, as Landlock and the agent reach
+    them), for the parent to open for an agent that lacks rpath."""
+    out: dict[str, tuple[str, str, str]] = {}
+    for promise in sorted(set(pledge) & BRINGS_FILES):
+        for path, perms in IMPLIED_UNVEILS.get(promise, ()):
+            if os.path.exists(path):
+                real = os.path.realpath(path)
+                out.setdefault(real, (real, perms, promise))
+                # A symlink (/etc/localtime) is opened by its name and resolved to its target.
+                out.setdefault(path, (path, perms, promise))
+        for path in BRINGS_STAT.get(promise, ()):
+            out.setdefault(path, (path, "", promise))  # no letters: stat of that path only
+    return tuple(out.values())
+
+
+# Calls whose destination address lies behind a pointer (sendmsg's msghdr) or whose
+# socket's family the filter cannot see: with 'unix' and no Landlock resolve_unix they are
+# all decided by the parent (handler "unix"), which reads the address once and performs the
+# call itself. The broker channel (fd 3) is a connected SEQPACKET socket, which ignores any
+# address: it stays direct, as sendto without an address does.
+_UNIX_DECIDED = ("connect", "sendto", "sendmsg", "sendmmsg")
+# Fast Open sends stay refused as the table refuses them (handler "unsupported"): the rows
+# the parent decides exclude MSG_FASTOPEN, so the two never overlap.
+_NO_FASTOPEN = {"sendto": 3, "sendmsg": 2, "sendmmsg": 3}
+
+
+def _no_fastopen(name: str) -> Arg:
+    return Arg(_NO_FASTOPEN[name], "masked_eq", 0, S.MSG_FASTOPEN)
+
+
+_UNIX_BY_PARENT = {
+    "connect": Rule("connect", action="notify", handler="unix"),
+    "sendto": Rule(
+        "sendto", (_no_fastopen("sendto"), Arg(4, "ne", 0)), action="notify", handler="unix"
+    ),
+    "sendmsg": Rule(
+        "sendmsg",
+        (Arg(0, "ne", BROKER_FD), _no_fastopen("sendmsg")),
+        action="notify",
+        handler="unix",
+    ),
+    "sendmmsg": Rule("sendmmsg", (_no_fastopen("sendmmsg"),), action="notify", handler="unix"),
+}
+
+
+def _kept_direct(rule: Rule) -> bool:
+    """What stays as the table has it when the parent decides connects and sends: the
+    refusals of Fast Open, and the sends that carry no address (sendto without one; sendmsg
+    on the broker channel, a connected SEQPACKET socket that ignores any address). Other
+    rows of those calls (stdio's sendmsg on any socket, dns's nameserver connects) give way
+    to the parent, which decides dns's nameservers too."""
+    if rule.handler == "unsupported":
+        return True
+    if rule.action != "allow":
+        return False
+    if rule.syscall == "sendto":
+        return Arg(4, "eq", 0) in rule.args
+    if rule.syscall == "sendmsg":
+        return Arg(0, "eq", BROKER_FD) in rule.args
+    return False
+
+
+# Without resolve_unix a datagram socket reaches any pathname socket with sendmsg (the
+# address is in the msghdr), even one of a socketpair: stdio keeps stream and seqpacket
+# pairs, datagram pairs need 'unix' (then the parent decides their sendmsg).
+_UNIX_SOCKETPAIR = Rule("socketpair", (Arg(0, "eq", S.AF_UNIX),))
+_STREAM_SOCKETPAIRS = tuple(
+    Rule("socketpair", (Arg(0, "eq", S.AF_UNIX), Arg(1, "masked_eq", t, S.SOCK_TYPE_MASK)))
+    for t in (S.SOCK_STREAM, S.SOCK_SEQPACKET)
+)
+
+
+def _unix_without_landlock(rules: list[Rule], unix: bool) -> list[Rule]:
+    """The rule list for a kernel without Landlock's resolve_unix (ABI < 9)."""
+    if not unix:
+        return [
+            r2 for r in rules for r2 in (_STREAM_SOCKETPAIRS if r == _UNIX_SOCKETPAIR else (r,))
+        ]
+    present = {r.syscall for r in rules if r.syscall in _UNIX_DECIDED}
+    out = [r for r in rules if r.syscall not in _UNIX_DECIDED or _kept_direct(r)]
+    out += [_UNIX_BY_PARENT[name] for name in _UNIX_DECIDED if name in present]
+    if any(r.syscall == "socketpair" for r in out) and _UNIX_SOCKETPAIR not in out:
+        out.append(_UNIX_SOCKETPAIR)
+    return out
+
+
+def path_rules(unveils: Iterable[Unveil]) -> tuple[landlock.PathRule, ...]:
+    """Landlock's path rules for `unveils` (optional ones that do not exist are left out)."""
+    return tuple(
+        landlock.PathRule(u.path, landlock.rights_for(u.perms))
+        for u in unveils
+        if not (u.optional and not os.path.exists(u.path))
+    )
 
 
 def _self_signal(rule: Rule) -> Rule:
@@ -138,14 +260,22 @@ def _self_signal(rule: Rule) -> Rule:
     return rule
 
 
-def seccomp_rules(pledge: Iterable[str], execpromises: Iterable[str] | None) -> tuple[Rule, ...]:
+def seccomp_rules(
+    pledge: Iterable[str], execpromises: Iterable[str] | None, *, resolve_unix: bool = True
+) -> tuple[Rule, ...]:
     """The launched filter's rules: the pledge, exec routed to the parent, and under
     execpromises every rule the pledge has beyond them routed to the parent too (it knows
-    which processes have exec'd; the filter cannot)."""
+    which processes have exec'd; the filter cannot). Without `resolve_unix` (Landlock ABI
+    < 9) the unix socket calls go to the parent as well."""
     pledge = set(pledge)
-    base = [_self_signal(r) for r in rules_for(pledge) if r.syscall not in EXEC_SYSCALLS]
+
+    def rules(promises: set[str]) -> list[Rule]:
+        out = rules_for(promises)
+        return out if resolve_unix else _unix_without_landlock(out, "unix" in promises)
+
+    base = [_self_signal(r) for r in rules(pledge) if r.syscall not in EXEC_SYSCALLS]
     if execpromises is not None:
-        narrow = set(rules_for(set(execpromises) & pledge))
+        narrow = set(rules(set(execpromises) & pledge))
         base = [
             r
             if r in narrow or r.action != "allow"
@@ -201,14 +331,10 @@ def compile_plan(
     if need(
         "Landlock", "unveil: the filesystem view", None if abi >= 1 else "Landlock not available"
     ):
+        paths = path_rules(unveils)
         used = 0
-        paths = []
-        for u in unveils:
-            if u.optional and not os.path.exists(u.path):
-                continue
-            rights = landlock.rights_for(u.perms)
-            used |= rights
-            paths.append(landlock.PathRule(u.path, rights))
+        for rule in paths:
+            used |= rule.access
         # resolve_unix matters only to agents that can make unix sockets; see below.
         for right in landlock.right_names(used & ~landlock.RESOLVE_UNIX):
             bit = next(b for b, n in landlock.FS_RIGHT_NAMES.items() if n == right)
@@ -218,13 +344,8 @@ def compile_plan(
                 "a permission letter of unveil",
                 None if abi >= first else f"needs Landlock ABI {first}, kernel has {abi}",
             )
-        if "unix" in policy.pledge:
-            first = landlock.FS_RIGHT_ABI[landlock.RESOLVE_UNIX]
-            need(
-                "Landlock resolve_unix",
-                "promise 'unix': connect/sendmsg only to pathname sockets unveiled 'w'",
-                None if abi >= first else f"needs Landlock ABI {first}, kernel has {abi}",
-            )
+        # 'unix' without Landlock's resolve_unix (ABI 9): the parent decides and performs
+        # the calls that reach pathname sockets (see seccomp_rules), so nothing is missing.
         net = policy.network
         handled_net = 0
         if net is not None:
@@ -317,6 +438,12 @@ def compile_plan(
         )
     )
 
+    resolve_unix = abi >= landlock.FS_RIGHT_ABI[landlock.RESOLVE_UNIX]
+    parent_unix = "unix" in policy.pledge and not resolve_unix
+    # Abstract sockets are named per network namespace: in a namespace of its own (made as
+    # for dns; 'inet' needs the host's) the ones the parent connects to are the agent's.
+    own_netns = dns_relay or (parent_unix and "inet" not in policy.pledge and feats.namespaces)
+
     rlimits = tuple(
         (RLIMIT_OF[name], int(value))
         for name, value in (("cpu", lim.cpu), ("files", lim.files), ("file_size", lim.file_size))
@@ -333,7 +460,7 @@ def compile_plan(
         if ll is not None and ll.restrict_flags:
             env[ENV_LANDLOCK_FLAGS] = str(ll.restrict_flags)
 
-    rules = seccomp_rules(policy.pledge, policy.execpromises)
+    rules = seccomp_rules(policy.pledge, policy.execpromises, resolve_unix=resolve_unix)
     # lock: agent builds its filter in the agent (sandbox.agent.pledge): not traced there.
     trace_unveil = trace_unveil and policy.lock == "exec" and user_notif
     if trace_unveil:
@@ -361,6 +488,10 @@ def compile_plan(
         if feats.root or pidns
         else "none held; bounding set kept (no_new_privs: no exec can gain one)",
         trace_unveil=trace_unveil,
+        parent_unix=parent_unix,
+        own_netns=own_netns,
+        resolve_unix=resolve_unix,
+        brought=brought_files(policy.pledge),
     )
 
 

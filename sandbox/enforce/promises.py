@@ -91,11 +91,54 @@ def _each(
 # --- building blocks ------------------------------------------------------------------------
 
 _OPEN_MODE_MASK = S.O_ACCMODE | S.O_CREAT | S.O_TRUNC | S.O_TMPFILE_BIT
-_OPEN_CALLS = (("open", 1), ("openat", 2))  # (call, index of the flags argument)
+_OPEN_CALLS = (("open", 1), ("openat", 2))  # (call, index of the flags argument); mode follows
+_CREATE_MASK = S.O_ACCMODE | S.O_CREAT | S.O_TMPFILE_BIT
 
 
 def _opens(mask: int, value: int, also: Iterable[str] = ()) -> tuple[Rule, ...]:
     return tuple(_r(n, _bits(i, mask, value), also=also) for n, i in _OPEN_CALLS)
+
+
+# No pledged process sets the setuid or setgid bit (OpenBSD masks every mode with
+# ACCESSPERMS under pledge). A call that creates or changes a mode is allowed outright
+# when its mode register holds neither bit; with one of them the parent performs the call
+# itself with the bits stripped (handler "setid"), so `cp -p` and `tar x` of such files
+# still work. The mode is a register, so the filter sees it; the sticky bit is left alone.
+SETID_BITS = 0o6000  # S_ISUID | S_ISGID
+_SETID_VALUES = (0o4000, 0o2000, 0o6000)
+
+
+def _setid_guarded(
+    name: str, mode: int, *args: Arg, also: Iterable[str] = (), kind: int | None = None
+) -> tuple[Rule, ...]:
+    """`name` allowed when argument `mode` has no setuid/setgid bit, and decided by the
+    parent (which strips them) when it has. `kind`: an S_IFMT value the mode must carry
+    (mknod), checked in the same mask (libseccomp takes one condition per argument)."""
+    mask = SETID_BITS | (S.S_IFMT if kind is not None else 0)
+    base = kind or 0
+    return (
+        _r(name, *args, _bits(mode, mask, base), also=also),
+        *(
+            _r(
+                name,
+                *args,
+                _bits(mode, mask, base | v),
+                also=also,
+                action="notify",
+                handler="setid",
+            )
+            for v in _SETID_VALUES
+        ),
+    )
+
+
+def _creating_opens(value: int, also: Iterable[str] = ()) -> tuple[Rule, ...]:
+    """Opens with O_CREAT or O_TMPFILE whose flags match `value` under _CREATE_MASK."""
+    return tuple(
+        rule
+        for n, i in _OPEN_CALLS
+        for rule in _setid_guarded(n, i + 1, _bits(i, _CREATE_MASK, value), also=also)
+    )
 
 
 # Opens by promise. rpath: read-only; wpath: write access to existing files (O_TRUNC is
@@ -107,14 +150,13 @@ _WPATH_OPENS = (
     *_opens(S.O_ACCMODE | S.O_CREAT | S.O_TMPFILE_BIT, S.O_RDWR, also=("rpath",)),
     *_opens(_OPEN_MODE_MASK, S.O_RDONLY | S.O_TRUNC, also=("rpath",)),
 )
-_CREATE_MASK = S.O_ACCMODE | S.O_CREAT | S.O_TMPFILE_BIT
 _CPATH_OPENS = (
-    *_opens(_CREATE_MASK, S.O_CREAT | S.O_RDONLY, also=("rpath",)),
-    *_opens(_CREATE_MASK, S.O_CREAT | S.O_WRONLY, also=("wpath",)),
-    *_opens(_CREATE_MASK, S.O_CREAT | S.O_RDWR, also=("rpath", "wpath")),
-    *_opens(_CREATE_MASK, S.O_TMPFILE_BIT | S.O_WRONLY, also=("wpath",)),
-    *_opens(_CREATE_MASK, S.O_TMPFILE_BIT | S.O_RDWR, also=("rpath", "wpath")),
-    _r("creat", also=("wpath",)),  # creat() is open(O_CREAT|O_WRONLY|O_TRUNC)
+    *_creating_opens(S.O_CREAT | S.O_RDONLY, also=("rpath",)),
+    *_creating_opens(S.O_CREAT | S.O_WRONLY, also=("wpath",)),
+    *_creating_opens(S.O_CREAT | S.O_RDWR, also=("rpath", "wpath")),
+    *_creating_opens(S.O_TMPFILE_BIT | S.O_WRONLY, also=("wpath",)),
+    *_creating_opens(S.O_TMPFILE_BIT | S.O_RDWR, also=("rpath", "wpath")),
+    *_setid_guarded("creat", 1, also=("wpath",)),  # creat() is open(O_CREAT|O_WRONLY|O_TRUNC)
 )
 # openat2 takes its flags in a struct the filter cannot read: fail it with ENOSYS so that
 # libc and Python fall back to openat, which the filter can check.
@@ -128,10 +170,45 @@ _PATH_READ_CALLS = (
     # files created and opened in any directory, unveiled or not.
     "inotify_init", "inotify_init1", "inotify_rm_watch",
 )  # fmt: skip
+# mkdir needs no guard: Linux masks its mode with S_IRWXUGO|S_ISVTX itself (vfs_mkdir);
+# a directory is setgid only by inheriting it from its parent.
 _CREATE_CALLS = (
     "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename", "renameat", "renameat2",
     "link", "linkat", "symlink", "symlinkat",
 )  # fmt: skip
+
+# Path forms of fattr and chown, performed by the parent (handler "perform").
+_FATTR_PATH_CALLS = (
+    "chmod", "fchmodat", "fchmodat2", "utime", "utimes", "futimesat",
+    "setxattr", "lsetxattr", "removexattr", "lremovexattr", "setxattrat", "removexattrat",
+)  # fmt: skip
+_CHOWN_PATH_CALLS = ("chown", "lchown", "fchownat")
+
+
+def _by_parent(names: Iterable[str], also: Iterable[str] = ()) -> tuple[Rule, ...]:
+    rules = [_r(n, also=also, action="notify", handler="perform") for n in names]
+    if "utime" in names:  # utimensat with a path (a NULL path is futimens, allowed above)
+        rules.append(
+            _r("utimensat", Arg(1, "ne", 0), also=also, action="notify", handler="perform")
+        )
+    return tuple(rules)
+
+
+# tmppath's opens: any flags with a clean mode (or no creation at all); a setuid/setgid
+# mode on a creating open goes to the parent.
+_TMPPATH_OPENS = tuple(
+    rule
+    for n, i in _OPEN_CALLS
+    for rule in (
+        _r(n, _bits(i, S.O_CREAT | S.O_TMPFILE_BIT, 0)),
+        _r(n, _bits(i + 1, SETID_BITS, 0)),
+        *(
+            _r(n, _bits(i, bit, bit), _bits(i + 1, SETID_BITS, v), action="notify", handler="setid")
+            for bit in (S.O_CREAT, S.O_TMPFILE_BIT)
+            for v in _SETID_VALUES
+        ),
+    )
+)
 
 # Memory. W^X without prot_exec: nothing anonymous becomes executable; a file may be mapped
 # read+exec (the dynamic loader maps libraries so), never writable and executable at once.
@@ -412,8 +489,8 @@ PROMISES: Mapping[str, Promise] = MappingProxyType(
             _promise(
                 "dpath",
                 "create FIFOs (mknod of S_IFIFO; devices never: CAP_MKNOD is dropped)",
-                _r("mknod", _bits(1, S.S_IFMT, S.S_IFIFO)),
-                _r("mknodat", _bits(2, S.S_IFMT, S.S_IFIFO)),
+                *_setid_guarded("mknod", 1, kind=S.S_IFIFO),
+                *_setid_guarded("mknodat", 2, kind=S.S_IFIFO),
             ),
             _promise(
                 "tmppath",
@@ -421,15 +498,9 @@ PROMISES: Mapping[str, Promise] = MappingProxyType(
                 "filter, so this is cpath+wpath+rpath's calls, and the launcher unveils "
                 "/tmp rwc (Landlock decides where)",
                 _OPENAT2_ENOSYS,
-                *_calls(
-                    "open",
-                    "openat",
-                    "creat",
-                    "truncate",
-                    "getcwd",
-                    *_CREATE_CALLS,
-                    *_PATH_READ_CALLS,
-                ),
+                *_TMPPATH_OPENS,
+                *_setid_guarded("creat", 1),
+                *_calls("truncate", "getcwd", *_CREATE_CALLS, *_PATH_READ_CALLS),
             ),
             _promise(
                 "flock",
@@ -438,22 +509,37 @@ PROMISES: Mapping[str, Promise] = MappingProxyType(
                 *_each("fcntl", 1, _LOCK_FCNTLS),
             ),
             # Landlock has no right for modes, times, owners or xattrs, so a path-based call
-            # would reach any file the agent's uid owns, unveiled or not (a root agent owns
-            # /bin/bash). Only the descriptor forms are allowed: the descriptor came from an
-            # open() that Landlock checked (O_PATH descriptors are refused by these calls).
-            # utimensat(fd, NULL, ...) is futimens(); AT_EMPTY_PATH forms would accept O_PATH.
+            # the kernel made itself would reach any file the agent's uid owns, unveiled or
+            # not (a root agent owns /bin/bash). The descriptor forms are allowed outright
+            # (the descriptor came from an open() that Landlock checked; these calls refuse
+            # O_PATH descriptors). The path forms, and the AT_EMPTY_PATH forms that accept
+            # O_PATH descriptors, are performed by the parent (sandbox.parent.perform): it
+            # resolves the path as the agent would, requires the unveil letter OpenBSD's
+            # kernel requires ('w', vfs_syscalls.c), and makes the call on the inode it
+            # resolved, with the agent's ids and no capabilities. As on OpenBSD, a path form
+            # also needs 'rpath' (pledge_namei asks for it on every lookup), and 'fattr'
+            # carries chown to the agent's own uid and groups (OpenBSD's PLEDGE_CHOWN);
+            # 'chown' lifts that (the kernel still needs CAP_CHOWN, which is dropped).
+            # utimensat(fd, NULL, ...) is futimens().
             _promise(
                 "fattr",
-                "change modes, times and extended attributes of open files (fchmod, futimens, "
-                "fsetxattr): path-based forms are refused, Landlock cannot check them",
-                *_calls("fchmod", "fsetxattr", "fremovexattr"),
+                "change modes, times, extended attributes and group of files: the descriptor "
+                "forms (fchmod, futimens, fsetxattr, fchown) directly; the path forms (chmod, "
+                "utimensat, setxattr, chown, ...) with 'rpath', performed by the parent on "
+                "paths unveiled 'w'; setuid/setgid bits are stripped",
+                *_setid_guarded("fchmod", 1),
+                *_calls("fsetxattr", "fremovexattr", "fchown"),
                 _r("utimensat", _eq(1, 0)),
+                *_by_parent(_FATTR_PATH_CALLS, also=("rpath",)),
+                *_by_parent(_CHOWN_PATH_CALLS, also=("rpath",)),
             ),
             _promise(
                 "chown",
-                "change owners of open files (fchown; needs CAP_CHOWN for others' ids, which is "
-                "dropped): path-based forms are refused, Landlock cannot check them",
+                "change owners of files to any ids (needs CAP_CHOWN, which is dropped, so in "
+                "effect the agent's own): fchown directly, chown/lchown/fchownat with 'rpath', "
+                "performed by the parent on paths unveiled 'w'",
                 *_calls("fchown"),
+                *_by_parent(_CHOWN_PATH_CALLS, also=("rpath",)),
             ),
             _promise(
                 "inet",
@@ -474,7 +560,9 @@ PROMISES: Mapping[str, Promise] = MappingProxyType(
             ),
             _promise(
                 "unix",
-                "AF_UNIX sockets: socket, connect, bind, listen, accept, sendto with an address",
+                "AF_UNIX sockets: socket, connect, bind, listen, accept, sendto with an address; "
+                "pathname sockets only where unveiled 'w' (Landlock resolve_unix, or before "
+                "Landlock ABI 9 the parent, which then decides every connect and send)",
                 *_UNIX_SOCKETS,
                 *_calls(*_SOCKET_CALLS),
                 _send("sendto"),
@@ -715,9 +803,18 @@ NEVER_ARGS: tuple[tuple[Rule, str], ...] = (
 )
 
 # Paths a promise needs on Linux, added read-only (or as given) by the launcher. Missing
-# files are skipped (not every system has /etc/gai.conf).
+# files are skipped (not every system has /etc/gai.conf). "A promise brings its files"
+# (SPEC section 5, as OpenBSD's pledge_namei lets stdio open /dev/null and read the time
+# zone files without rpath): for the promises in BRINGS_FILES the parent also opens these
+# files on the agent's behalf when it lacks 'rpath' (or 'wpath' for the rw ones) and
+# answers the stat/access calls libc makes on them, so the promise works by itself.
 IMPLIED_UNVEILS: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType(
     {
+        "stdio": (
+            ("/dev/null", "rw"),
+            ("/etc/localtime", "r"),
+            ("/usr/share/zoneinfo", "r"),
+        ),
         "getpw": (("/etc/passwd", "r"), ("/etc/group", "r"), ("/etc/nsswitch.conf", "r")),
         "dns": (
             ("/etc/resolv.conf", "r"),
@@ -725,6 +822,8 @@ IMPLIED_UNVEILS: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType(
             ("/etc/nsswitch.conf", "r"),
             ("/etc/gai.conf", "r"),
             ("/etc/host.conf", "r"),
+            ("/etc/services", "r"),
+            ("/etc/protocols", "r"),
         ),
         "tmppath": (("/tmp", "rwc"),),
         "tty": (("/dev/tty", "rw"),),
@@ -739,6 +838,13 @@ IMPLIED_UNVEILS: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType(
         "ps": (("/proc", "r"),),
     }
 )
+# The promises whose implied files the parent opens for an agent without rpath/wpath. Not
+# tmppath (a directory to work in: it has its own calls) nor ps (/proc/self would name
+# the opener, not the agent).
+BRINGS_FILES: frozenset[str] = frozenset({"stdio", "getpw", "dns", "tty", "vminfo"})
+# Paths whose metadata alone a promise brings (stat, not open; exact paths, never unveiled):
+# glibc's NSS stats "/" to notice a chroot before it reads nsswitch.conf.
+BRINGS_STAT: Mapping[str, tuple[str, ...]] = MappingProxyType({"getpw": ("/",), "dns": ("/",)})
 
 
 # --- reading the table -----------------------------------------------------------------------
@@ -787,25 +893,26 @@ def _missing(
     syscall: str, args: Sequence[int], held: frozenset[str], self_pid: int | None
 ) -> str | None:
     """The fewest promises beyond `held` whose rows allow the call (the narrow ones before
-    tmppath), in table order; else those of a row that answers it otherwise (notify,
-    enosys); None if no row of any promise matches."""
-    best: list[str] | None = None
-    best_key: tuple[bool, int, int] | None = None
-    for name, promise in PROMISES.items():
-        for rule in promise.rules:
-            if rule.action == "allow" and rule_matches(rule, syscall, args, self_pid):
-                need = {name, *rule.also}
-                missing = need - held
-                key = (bool(need & _LAST_RESORT), len(missing), len(need))
-                if best_key is None or key < best_key:
-                    best, best_key = _canonical(missing or need), key
-    if best is None:  # not allowed, but maybe handled (notify) or failed (enosys) somewhere
+    tmppath), in table order; else the same among the rows the parent performs (notify);
+    else those of a row that fails it (enosys); None if no row of any promise matches."""
+    for actions in (("allow",), ("notify",)):
+        best: list[str] | None = None
+        best_key: tuple[bool, int, int] | None = None
         for name, promise in PROMISES.items():
             for rule in promise.rules:
-                if rule_matches(rule, syscall, args, self_pid):
-                    return " ".join(_canonical({name, *rule.also}))
-        return None
-    return " ".join(best)
+                if rule.action in actions and rule_matches(rule, syscall, args, self_pid):
+                    need = {name, *rule.also}
+                    missing = need - held
+                    key = (bool(need & _LAST_RESORT), len(missing), len(need))
+                    if best_key is None or key < best_key:
+                        best, best_key = _canonical(missing or need), key
+        if best is not None:
+            return " ".join(best)
+    for name, promise in PROMISES.items():  # failed (enosys) somewhere: that promise
+        for rule in promise.rules:
+            if rule_matches(rule, syscall, args, self_pid):
+                return " ".join(_canonical({name, *rule.also}))
+    return None
 
 
 # --- hints: the promise that fits, where the rows alone would name another --------------------
@@ -982,8 +1089,6 @@ def _arg_name(syscall: str, index: int) -> str:
 
 _ARG_NAMES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
-        "open": ("path", "flags", "mode"),
-        "openat": ("dirfd", "path", "flags", "mode"),
         "mmap": ("addr", "length", "prot", "flags", "fd", "offset"),
         "mprotect": ("addr", "length", "prot"),
         "pkey_mprotect": ("addr", "length", "prot", "pkey"),
@@ -1008,6 +1113,13 @@ _ARG_NAMES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "sendto": ("fd", "buf", "len", "flags", "dest_addr", "addrlen"),
         "mknod": ("path", "mode"),
         "mknodat": ("dirfd", "path", "mode"),
+        "mkdir": ("path", "mode"),
+        "mkdirat": ("dirfd", "path", "mode"),
+        "creat": ("path", "mode"),
+        "fchmod": ("fd", "mode"),
+        "open": ("path", "flags", "mode"),
+        "openat": ("dirfd", "path", "flags", "mode"),
+        "utimensat": ("dirfd", "path", "times", "flags"),
         "read": ("fd",),
         "write": ("fd",),
         "recvmsg": ("fd",),
@@ -1040,6 +1152,12 @@ _VALUE_KINDS: Mapping[tuple[str, int], str] = MappingProxyType(
         ("statx", 2): "at",
         ("mknod", 1): "fmode",
         ("mknodat", 2): "fmode",
+        ("open", 2): "fmode",
+        ("openat", 3): "fmode",
+        ("creat", 1): "fmode",
+        ("mkdir", 1): "fmode",
+        ("mkdirat", 2): "fmode",
+        ("fchmod", 1): "fmode",
     }
 )
 
@@ -1236,7 +1354,10 @@ def format_table(width: int = 100) -> str:
         lines += [f"    {s}" for s in items if not s.isidentifier()]
         unveils = [str(u) for u in entry["unveils"]]  # type: ignore[attr-defined]
         if unveils:
-            lines.append(f"    unveils (added by the launcher): {' '.join(unveils)}")
+            how = "added by the launcher"
+            if entry["promise"] in BRINGS_FILES:
+                how += "; opened by the parent for an agent without rpath"
+            lines.append(f"    unveils ({how}): {' '.join(unveils)}")
         if entry.get("weakens"):
             lines += textwrap.wrap(
                 f"weakens: {entry['weakens']}",

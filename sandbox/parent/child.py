@@ -46,6 +46,7 @@ def main(
             os._exit(3)
         sock.settimeout(None)  # blocking again: the agent inherits this descriptor
         _isolate_dns(plan, sock)
+        _isolate_unix(plan)
         _lock(plan, sock, bpf)
         os.execve(path, argv, dict(plan.env))
     except SetupError as e:
@@ -150,6 +151,16 @@ def _init_layer(ll: landlock.LandlockPlan) -> landlock.LandlockPlan:
         return replace(ll, handled_fs=0, paths=())
     everywhere = landlock.PathRule("/", landlock.REFER)
     return replace(ll, handled_fs=landlock.REFER, paths=(everywhere,))
+
+
+def _isolate_unix(plan: Plan) -> None:
+    """'unix' decided by the parent: a network namespace of the agent's own, so the abstract
+    sockets the parent connects it to are the sandbox's (the relay's socket is not needed)."""
+    if not plan.own_netns or plan.dns_relay:
+        return
+    from sandbox.parent import dnsrelay
+
+    dnsrelay.isolate_network().close()
 
 
 def _isolate_dns(plan: Plan, sock: socket.socket) -> None:

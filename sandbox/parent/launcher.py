@@ -172,7 +172,7 @@ class Launch:
         SetupError if the agent could not be started (recorded where it had started)."""
         self._loop, self._on_exit = loop, on_exit
         plan = self.plan
-        if plan.dns_relay:
+        if plan.dns_relay or plan.own_netns:
             import tempfile  # noqa: F401  # the child needs both after the fork
 
             from sandbox.parent import dnsrelay  # noqa: F401
@@ -261,6 +261,7 @@ class Launch:
             limiter=self._limiter,
         )
         self._sup.reporter = self._reporter
+        self._sup.loop = self._loop
         try:
             self._listener, relay_fd = _handshake(sock, plan)
         except SetupError as e:
@@ -500,6 +501,8 @@ class Launch:
         if self._rp is not None:
             self._rp.kill()
             self._rp.close()
+        if self._sup is not None:
+            self._sup.close()
         if self._cg is not None:
             self._cg.remove()
         if self._relay is not None:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from sandbox.enforce.plan import Plan, seccomp_rules
+from sandbox.enforce.plan import Plan, brought_files, seccomp_rules
 from sandbox.parent.audit import AuditError, AuditLog
 from sandbox.policy.model import PERM_LETTERS, Policy, Unveil, perm_string, unveil_beyond
 
@@ -222,10 +222,13 @@ class LockGate:
             # is (the agent adds no Landlock layer); only lock: agent starts from nothing.
             decl = replace(decl, unveil=self.sup.plan.policy.unveil)
         narrowed = narrowed_policy(policy, decl)
+        resolve_unix = self.plan.resolve_unix
         self.sup.plan = replace(
             self.sup.plan,
             policy=narrowed,
-            rules=seccomp_rules(decl.pledge, decl.execpromises),
+            rules=seccomp_rules(decl.pledge, decl.execpromises, resolve_unix=resolve_unix),
+            parent_unix="unix" in decl.pledge and not resolve_unix,
+            brought=brought_files(decl.pledge),
         )
         if self.on_narrow is not None:
             self.on_narrow(narrowed)

@@ -30,6 +30,16 @@ from sandbox.parent.ratelimit import RateLimiter, violation_key
 if TYPE_CHECKING:
     from sandbox.parent.denials import Reporter
     from sandbox.parent.dnsproxy import DnsEmulator
+    from sandbox.parent.loop import EventLoop
+    from sandbox.parent.perform import Perform
+
+# Handlers of notify rows whose calls the parent decides from the agent's memory and
+# performs itself (sandbox.parent.perform, SPEC section 8), and the calls that may open or
+# stat a file a pledged promise brings (an agent without rpath).
+PERFORMED = frozenset({"perform", "setid", "unix"})
+BRINGING = frozenset(
+    {"open", "openat", "stat", "lstat", "newfstatat", "statx", "access", "faccessat", "faccessat2"}
+)
 
 
 # Characters of a call's decoded arguments kept in a violation record: a path can be 4 KiB,
@@ -67,12 +77,14 @@ class Supervisor:
     # Which refusal records are written whole (the rest are counted); the launcher passes
     # one that shares the agent's timers and the broker's budget.
     limiter: RateLimiter | None = None
+    loop: EventLoop | None = None  # serves the agent's performer (sandbox.parent.perform)
     # What a SIGSYS from the kernel itself (no notification) most likely was, for the message.
     kernel_kill_hint: str = "a system call of a foreign architecture or ABI (x32, int 0x80)"
 
     def __post_init__(self) -> None:
         if self.limiter is None:
             self.limiter = RateLimiter(self.audit, self.agent_pid)
+        self._perform: Perform | None = None  # made on first use: its import costs a launch
         if "dns" in self.plan.policy.pledge:
             from sandbox.parent.dnsproxy import DnsEmulator  # only agents with 'dns' need it
 
@@ -156,6 +168,14 @@ class Supervisor:
             code, why = UNSUPPORTED[name]
             self.violation(n, name, args, None, note=why, answer=code)
             return
+        if handler in PERFORMED:
+            # Decided from the agent's memory and performed by the parent (SPEC section 8).
+            self.perform().start(n, name, args, handler)
+            return
+        if rule is None and self.plan.brought and name in BRINGING:
+            # Maybe a file a pledged promise brings (an agent without rpath).
+            self.perform().start(n, name, args, "brought")
+            return
         self.refuse(n, name, args, self.plan.policy.pledge)
 
     def refuse(
@@ -197,6 +217,20 @@ class Supervisor:
         if self.limiter.admit(f"error notification {type(error).__name__}"):
             where = f"notification ({seccomp.syscall_name(n.nr)})"
             record_error(self.audit, n.pid, where, error)
+
+    def perform(self) -> Perform:
+        if self._perform is None:
+            from sandbox.parent.perform import Perform
+
+            self._perform = Perform(self)
+        return self._perform
+
+    def close(self) -> None:
+        if self._perform is not None:
+            self._perform.close()
+
+    def under_execpromises(self, tid: int) -> bool:
+        return self._under_execpromises(tid)
 
     def _lock_record(self, pid: int) -> bool:
         pol = self.plan.policy

@@ -144,9 +144,20 @@ def unveil_beyond(path: str, perms: Iterable[str], within: Iterable[Unveil]) -> 
     enclosing rules, which is never less, so checking against the closest fails closed
     (a policy `data: rw` with `data/ro: r` does not let `data/ro` be declared writable).
     """
-    real = os.path.realpath(path)
-    enclosing = [(os.path.realpath(u.path), u) for u in within]
-    enclosing = [(r, u) for r, u in enclosing if path_within(real, r)]
+    return beyond_resolved(os.path.realpath(path), perms, resolve_unveils(within))
+
+
+def resolve_unveils(unveils: Iterable[Unveil]) -> tuple[tuple[str, Unveil], ...]:
+    """Each unveil with its real path (what Landlock's rule is attached to)."""
+    return tuple((os.path.realpath(u.path), u) for u in unveils)
+
+
+def beyond_resolved(
+    real: str, perms: Iterable[str], resolved: Iterable[tuple[str, Unveil]]
+) -> Beyond | None:
+    """unveil_beyond() for a path already resolved, against unveils already resolved (the
+    parent checks every call it performs this way, with the unveils resolved once)."""
+    enclosing = [(r, u) for r, u in resolved if path_within(real, r)]
     if not enclosing:
         return Beyond(None, frozenset(perms))
     closest = max(enclosing, key=lambda ru: len(ru[0]))[1]

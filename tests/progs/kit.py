@@ -62,6 +62,12 @@ def report(**kw):
 def read(path):
     with open(path, "rb") as f:
         return f.read()
+KEEP = []
+def ptr(data):
+    """The address of a C copy of `data`, kept alive (for raw calls that take pointers)."""
+    buf = ctypes.create_string_buffer(data)
+    KEEP.append(buf)
+    return ctypes.addressof(buf)
 '''
 
 
@@ -107,6 +113,7 @@ def sandboxed(
     policy: Mapping[str, Any] | None = None,
     pass_fds: Sequence[int] = (),
     env: Mapping[str, str] | None = None,
+    stdin: Any = None,
 ) -> Result:
     """`sandbox run` of `command` (a real process), with the base unveils for Python."""
     n = next(_counter)
@@ -134,6 +141,7 @@ def sandboxed(
         env=run_env,
         cwd=box.run,
         pass_fds=pass_fds,
+        stdin=stdin,
     )
     records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     return Result(proc.returncode, proc.stdout, proc.stderr, records, str(log))
