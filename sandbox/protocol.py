@@ -12,6 +12,9 @@ Phases:
 - lock: the agent declares its pledge and unveil (`lock: agent`) and hands over the
   seccomp listener with its first lock.
 - request: what a locked agent asks the parent to perform on a declared resource.
+- message: the agent system's bus (SPEC section 9), served by the dispatcher of
+  `sandbox up` only: send to another agent (capability NAME:send), receive from its own
+  inbox, acknowledge, reply to a message received.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Phase(StrEnum):
     HANDSHAKE = "handshake"
     LOCK = "lock"
     REQUEST = "request"
+    MESSAGE = "message"
 
 
 class Op(StrEnum):
@@ -63,6 +67,11 @@ class Op(StrEnum):
     RENAME = "rename"
     MKDIR = "mkdir"
     HTTP = "http"
+    # messages (agent -> dispatcher)
+    SEND = "send"  # -> {"message_id"} once in the log; a `batch` -> {"results": [...]}
+    RECV = "recv"  # -> {"messages": [...]} (waits up to `timeout` for one)
+    ACK = "ack"  # no reply: the messages `ids` are handled
+    REPLY = "reply"  # -> {"message_id"}; no capability, to the asker, once
 
 
 class OpSpec(NamedTuple):
@@ -86,6 +95,12 @@ OPS: Mapping[Op, OpSpec] = MappingProxyType(
         Op.RENAME: OpSpec(Phase.REQUEST, ("resource", "src", "dst")),
         Op.MKDIR: OpSpec(Phase.REQUEST, ("resource", "path")),
         Op.HTTP: OpSpec(Phase.REQUEST, ("resource",), ("method", "path", "body", "headers")),
+        Op.SEND: OpSpec(
+            Phase.MESSAGE, (), ("to", "payload", "type", "conversation_id", "reply_to", "batch")
+        ),
+        Op.RECV: OpSpec(Phase.MESSAGE, (), ("max", "timeout")),
+        Op.ACK: OpSpec(Phase.MESSAGE, ("ids",)),
+        Op.REPLY: OpSpec(Phase.MESSAGE, ("reply_to",), ("payload", "type")),
     }
 )
 

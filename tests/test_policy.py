@@ -578,8 +578,8 @@ def test_resources(tmp_path: Path) -> None:
     assert problems(tmp_path, bad) == [
         f"p.yaml:3:24: path '{tmp_path}/file' of resource 'a' is not a directory",
         "p.yaml:4:6: resource 'b' is missing the required key 'path'",
-        "p.yaml:5:13: type of resource 'c' must be one of dir, http, not 'ftp'",
-        "p.yaml:6:6: resource 'd' needs a 'type': one of dir, http",
+        "p.yaml:5:13: type of resource 'c' must be one of dir, http, agent, not 'ftp'",
+        "p.yaml:6:6: resource 'd' needs a 'type': one of dir, http, agent",
         "p.yaml:7:24: url 'https://user:pw@x.org/' of resource 'e' must not contain credentials; "
         "put them in 'headers' as env:NAME",
         "p.yaml:8:24: url 'https:///nohost' of resource 'f' has no host",

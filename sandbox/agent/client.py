@@ -23,7 +23,8 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any, NamedTuple
 
 from sandbox import wire
@@ -32,6 +33,9 @@ from sandbox.protocol import ENV_BROKER_FD, ERROR_NAMES, Op
 # The exception classes the parent may name (sandbox.protocol.ERROR_NAMES are builtins).
 ERRORS: dict[str, type[Exception]] = {name: getattr(builtins, name) for name in ERROR_NAMES}
 PIPELINE_WINDOW = 128  # requests in flight in pipeline(); keeps the parent's send buffer small
+SEND_BATCH = 128  # messages per send request in send_many()
+SEND_WINDOW = 8  # send requests in flight in send_many()
+ACK_BATCH = 256  # acknowledgements gathered before they are sent regardless
 
 
 class Entry(NamedTuple):
@@ -87,6 +91,8 @@ class Parent:
         self._sock = sock
         self._lock = threading.Lock()
         self._next = 1
+        self._inbox: deque[dict[str, Any]] = deque()  # received, not yet returned by recv()
+        self._acks: builtins.list[str] = []  # acknowledged, not yet told (see ack())
 
     # -- raw requests
 
@@ -255,6 +261,83 @@ class Parent:
                 os.close(fd)
         pairs = [(str(k), str(v)) for k, v in reply.get("headers", [])]
         return HttpResponse(int(reply.get("status", 0)), pairs, data)
+
+    # -- messages (the agent system of `sandbox up`, SPEC section 9)
+
+    def send(
+        self,
+        to: str,
+        payload: Mapping[str, Any],
+        type: str = "request",
+        conversation_id: str | None = None,
+        reply_to: str | None = None,
+    ) -> str:
+        """Send a message to agent `to` (needs the promise TO:send); its id once it is in
+        the dispatcher's log. A full inbox makes this wait, then raise TimeoutError."""
+        fields: dict[str, Any] = {"to": to, "payload": dict(payload), "type": type}
+        if conversation_id is not None:
+            fields["conversation_id"] = conversation_id
+        if reply_to is not None:
+            fields["reply_to"] = reply_to
+        reply, _ = self.request(Op.SEND, **fields)
+        return str(reply["message_id"])
+
+    def send_many(
+        self, messages: Iterable[tuple[str, Mapping[str, Any]]], type: str = "request"
+    ) -> builtins.list[str | Exception]:
+        """Many sends in flight at once: (to, payload) pairs, in batches of SEND_BATCH per
+        request, several requests pipelined; ids or exceptions, in order."""
+        items = [{"to": to, "payload": dict(p), "type": type} for to, p in messages]
+        reqs = [
+            (Op.SEND, {"batch": items[i : i + SEND_BATCH]})
+            for i in range(0, len(items), SEND_BATCH)
+        ]
+        out: builtins.list[str | Exception] = []
+        for i, r in enumerate(self.pipeline(reqs, window=SEND_WINDOW)):
+            if isinstance(r, Exception):
+                out.extend([r] * len(reqs[i][1]["batch"]))
+                continue
+            for item in r[0].get("results", []):
+                ok = isinstance(item, dict) and item.get("ok")
+                out.append(str(item["message_id"]) if ok else error_from(item))
+        return out
+
+    def recv(self, timeout: float | None = None, prefetch: int = 256) -> dict[str, Any] | None:
+        """The next message of this agent's inbox, or None after `timeout` seconds (None:
+        wait as long as it takes). Unacknowledged messages are delivered again, marked
+        `redelivered`, to this agent's next instance if this one dies."""
+        while not self._inbox:
+            self._flush_acks()
+            wait = 3600.0 if timeout is None else max(0.0, min(timeout, 3600.0))
+            reply, _ = self.request(Op.RECV, max=prefetch, timeout=wait)
+            self._inbox.extend(m for m in reply.get("messages", []) if isinstance(m, dict))
+            if not self._inbox and timeout is not None:
+                return None
+        return self._inbox.popleft()
+
+    def reply(
+        self, msg: Mapping[str, Any], payload: Mapping[str, Any], type: str = "response"
+    ) -> str:
+        """Answer `msg` (a request this agent received): to its sender, once, no capability."""
+        reply, _ = self.request(Op.REPLY, reply_to=str(msg["id"]), payload=dict(payload), type=type)
+        return str(reply["message_id"])
+
+    def ack(self, *msgs: Mapping[str, Any]) -> None:
+        """These messages are handled: they leave the inbox (no reply; not waited for).
+        While messages received in one batch remain to be returned by recv(), acks are
+        gathered and sent together before the next request for more (a crash before that
+        only means those messages are delivered again: at-least-once)."""
+        self._acks.extend(str(m["id"]) for m in msgs)
+        if not self._inbox or len(self._acks) >= ACK_BATCH:
+            self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        if not self._acks:
+            return
+        with self._lock:
+            ids, self._acks = self._acks, []
+            (ident,) = self._ids(1)
+            wire.send(self._sock, {"id": ident, "op": Op.ACK, "ids": ids})
 
     def close(self) -> None:
         self._sock.close()

@@ -37,7 +37,7 @@ def run(ctx: typer.Context) -> None:
 
 @app.command(help="Validate policy files; prints nothing but errors.")
 def check(policies: Annotated[list[str], typer.Argument(help="policy files")]) -> None:
-    from sandbox.policy.loader import check_files
+    from sandbox.system.loader import check_files  # policy and system files
 
     status, lines = check_files(policies)
     for line in lines:
@@ -52,7 +52,12 @@ def explain(
 ) -> None:
     from sandbox.cli.explain import explain_json, explain_text
     from sandbox.policy.loader import load_policy
+    from sandbox.system.loader import is_system_file
 
+    if is_system_file(policy):  # the system's capability matrix
+        from sandbox.cli.system import explain_system
+
+        raise typer.Exit(explain_system(policy, as_json))
     try:
         pol = load_policy(policy)
     except PolicyError as e:
@@ -118,3 +123,8 @@ def audit_show(
     from sandbox.parent.audit import show_cli
 
     raise typer.Exit(show_cli(log, agent, kind, as_json))
+
+
+from sandbox.cli.system import system_commands  # noqa: E402  # up ps send stop restart reload down log
+
+app.add_typer(system_commands)

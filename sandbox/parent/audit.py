@@ -179,30 +179,46 @@ def _jsonable(value: Any, where: str, depth: int = 0) -> Any:
     raise ValueError(f"audit field {where}: a {type(value).__name__} is not JSON data")
 
 
-def _check_required(kind: str, present: Callable[[str], bool]) -> str | None:
+Kinds = Mapping[str, tuple[tuple[str, ...], ...]]
+
+
+def _check_required(
+    kind: str, present: Callable[[str], bool], kinds: Kinds = REQUIRED
+) -> str | None:
     """The first missing field of `kind` (described), or None."""
-    for group in REQUIRED.get(kind, ()):
+    for group in kinds.get(kind, ()):
         if not any(present(name) for name in group):
             return " or ".join(repr(n) for n in group)
     return None
 
 
-def build_line(seq: int, kind: str, agent: str, fields: Mapping[str, Any], prev: str) -> bytes:
-    """One serialised record, without its newline (the bytes that are hashed)."""
-    if kind not in REQUIRED:
-        raise ValueError(f"unknown audit record kind {kind!r} (known: {', '.join(REQUIRED)})")
+def build_line(
+    seq: int,
+    kind: str,
+    agent: str,
+    fields: Mapping[str, Any],
+    prev: str,
+    kinds: Kinds = REQUIRED,
+    checked: bool = False,
+) -> bytes:
+    """One serialised record, without its newline (the bytes that are hashed). `kinds`:
+    the record kinds of this log and their fields (the message log has its own);
+    `checked`: the caller's values are JSON data within the bounds already (the message
+    log's messages, parsed and bounded by sandbox.system.message), not copied again."""
+    if kind not in kinds:
+        raise ValueError(f"unknown audit record kind {kind!r} (known: {', '.join(kinds)})")
     clash = RESERVED_KEYS.intersection(fields)
     if clash:
         raise ValueError(f"audit record {kind}: fields {sorted(clash)} are set by the log")
-    missing = _check_required(kind, fields.__contains__)
+    missing = _check_required(kind, fields.__contains__, kinds)
     if missing is not None:
         raise ValueError(f"audit record {kind}: missing field {missing}")
     record: dict[str, Any] = {"seq": seq, "time": _now(), "kind": kind, "agent": agent}
     # The kind's fields in table order, then extras in the caller's order.
-    ordered = [n for group in REQUIRED[kind] for n in group if n in fields]
+    ordered = [n for group in kinds[kind] for n in group if n in fields]
     ordered += [n for n in fields if n not in ordered]
     for name in ordered:
-        record[name] = _jsonable(fields[name], name)
+        record[name] = fields[name] if checked else _jsonable(fields[name], name)
     record["prev"] = prev
     line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     data = line.encode("utf-8")
@@ -319,9 +335,13 @@ class AuditLog:
         self,
         path: str | os.PathLike[str],
         agent: str,
+        kinds: Kinds = REQUIRED,
+        checked: bool = False,
     ) -> None:
         self.path = os.fspath(path)
         self.agent = agent
+        self.kinds = kinds
+        self.checked = checked  # see build_line
         self._mutex = threading.Lock()
         self._buffer: list[bytes] = []  # whole lines, with their newline
         self._seq = 0  # last seq appended (committed or buffered)
@@ -437,7 +457,9 @@ class AuditLog:
         return self._broken
 
     def append(self, kind: str, **fields: Any) -> int:
-        """Build and buffer one record; return its seq. Not durable until commit()."""
+        """Build and buffer one record; return its seq. Not durable until commit(). A field
+        `agent` names the record's agent (default: this log's)."""
+        agent = fields.pop("agent", None) or self.agent
         with self._mutex:
             self._usable()
             if not self._flocked:
@@ -451,7 +473,9 @@ class AuditLog:
                     self._unlock_file()
                     raise self._break(f"cannot read the tail: {e.strerror}") from None
             try:
-                line = build_line(self._seq + 1, kind, self.agent, fields, self._prev)
+                line = build_line(
+                    self._seq + 1, kind, agent, fields, self._prev, self.kinds, self.checked
+                )
             except ValueError:
                 if not self._buffer:
                     self._unlock_file()
@@ -519,6 +543,11 @@ class AuditLog:
         self.commit()
         return seq
 
+    def view(self, agent: str) -> AuditLog:
+        """This log under another agent's name: the launches of one dispatcher share one
+        AuditLog (one per file per process), each recording as itself."""
+        return _AgentView(self, agent)
+
     def close(self) -> None:
         """Commit what is buffered (if the log works), then close."""
         with self._mutex:
@@ -551,6 +580,27 @@ def record_error(audit: AuditLog, pid: int, where: str, error: BaseException) ->
     text = f"{type(error).__name__}: {error}"
     with contextlib.suppress(AuditError, ValueError):
         audit.record("error", pid=pid, where=where, error=text)
+
+
+class _AgentView(AuditLog):
+    """AuditLog.view(): records as `agent` into the log it wraps; closing it closes nothing."""
+
+    def __init__(self, log: AuditLog, agent: str) -> None:  # opens nothing: shares `log`
+        self._log, self.agent, self.path, self.kinds = log, agent, log.path, log.kinds
+        self.checked = log.checked
+
+    @property
+    def broken(self) -> str | None:
+        return self._log.broken
+
+    def append(self, kind: str, **fields: Any) -> int:
+        return self._log.append(kind, **{"agent": self.agent, **fields})
+
+    def commit(self) -> None:
+        self._log.commit()
+
+    def close(self) -> None:
+        pass  # the wrapped log's owner closes it
 
 
 def _chunks(lines: list[bytes], bound: int) -> Iterator[bytes]:
@@ -637,7 +687,7 @@ def _parse(line: bytes) -> dict[str, Any] | str:
     return value
 
 
-def _check_record(record: dict[str, Any], n: int, prev: str) -> str | None:
+def _check_record(record: dict[str, Any], n: int, prev: str, kinds: Kinds = REQUIRED) -> str | None:
     """What is wrong with record `n` whose predecessor hashes to `prev`, or None."""
     seq = record.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool):
@@ -660,13 +710,13 @@ def _check_record(record: dict[str, Any], n: int, prev: str) -> str | None:
         return f"time {stamp!r} is not RFC 3339"
     if parsed.utcoffset() is None:
         return f"time {stamp!r} has no time zone"
-    missing = _check_required(record["kind"], record.__contains__)
+    missing = _check_required(record["kind"], record.__contains__, kinds)
     if missing is not None:
         return f"{record['kind']} record without field {missing}"
     return None
 
 
-def verify(path: str | os.PathLike[str]) -> VerifyResult:
+def verify(path: str | os.PathLike[str], kinds: Kinds = REQUIRED) -> VerifyResult:
     """Recompute the chain; report the first bad line precisely."""
     prev, count = ZERO_HASH, 0
 
@@ -680,7 +730,7 @@ def verify(path: str | os.PathLike[str]) -> VerifyResult:
             record = _parse(line)
             if isinstance(record, str):
                 return bad(n, record if line.strip() else "empty line")
-            why = _check_record(record, n, prev)
+            why = _check_record(record, n, prev, kinds)
             if why is not None:
                 return bad(n, why)
             prev, count = _line_hash(line), count + 1
@@ -826,6 +876,7 @@ def format_show(
     agent: str | None = None,
     kind: str | None = None,
     as_json: bool = False,
+    summaries: Mapping[str, Callable[[Mapping[str, Any]], str]] = SUMMARIES,
 ) -> str:
     """The records of `path` matching agent and kind: an aligned table, or JSON Lines.
 
@@ -841,7 +892,7 @@ def format_show(
         if as_json:
             out.append(line.decode("utf-8"))
             continue
-        summary = SUMMARIES.get(str(r.get("kind")), _sum_other)(r)
+        summary = summaries.get(str(r.get("kind")), _sum_other)(r)
         cells = (r.get("seq"), r.get("time"), r.get("agent"), r.get("kind"), r.get("pid"))
         rows.append((*(_safe("-" if c is None else str(c)) for c in cells), _safe(summary)))
     if as_json:
@@ -859,10 +910,10 @@ def format_show(
 # ---------------------------------------------------------------------------- CLI
 
 
-def verify_cli(path: str | os.PathLike[str]) -> int:
+def verify_cli(path: str | os.PathLike[str], kinds: Kinds = REQUIRED) -> int:
     """`sandbox audit verify LOG`: 0 and a summary on stdout, or 1 and LOG:LINE: message."""
     name = os.fspath(path)
-    result = verify(path)
+    result = verify(path, kinds)
     if result.ok:
         print(f"{name}: {result.message}; head {result.head}")
         return 0
@@ -879,10 +930,11 @@ def show_cli(
     agent: str | None = None,
     kind: str | None = None,
     as_json: bool = False,
+    summaries: Mapping[str, Callable[[Mapping[str, Any]], str]] = SUMMARIES,
 ) -> int:
     """`sandbox audit show LOG [--agent NAME] [--kind KIND] [--json]`."""
     try:
-        text = format_show(path, agent, kind, as_json)
+        text = format_show(path, agent, kind, as_json, summaries)
     except AuditError as e:
         print(str(e), file=sys.stderr)
         return 1

@@ -56,8 +56,10 @@ Reply = tuple[dict[str, Any], int | None]
 # A handler the lead registers (e.g. "lock"): gets the request and the descriptor that came
 # with it (it then owns that descriptor, on every path: it must close it even when it
 # raises), returns the reply fields and an optional descriptor to send (the broker closes
-# its copy after sending). An exception becomes an error reply and an `error` record.
-Handler = Callable[[dict[str, Any], int | None], Reply]
+# its copy after sending), or None when it replies later through reply() (the
+# dispatcher's recv waits for a message; its send for the log). An exception becomes an
+# error reply and an `error` record.
+Handler = Callable[[dict[str, Any], int | None], Reply | None]
 
 
 class Denied(PermissionError):
@@ -177,6 +179,10 @@ class Broker:
         if op in self._ops or op in self._handlers:
             raise ValueError(f"broker operation {op!r} exists already")
         self._handlers[op] = handler
+
+    def reply(self, reply: dict[str, Any]) -> None:
+        """Send a reply a handler deferred (it returned None); same rules as every reply."""
+        self._send(reply)
 
     def close(self) -> None:
         """Stop serving: cancel queued HTTP requests, close the channel and resource roots."""
@@ -485,10 +491,13 @@ class Broker:
             if denial is not None and job.record is not None:
                 follow_up.append({**job.record, "decision": "deny", "reason": denial})
 
-    def _reply_from(self, job: _Job, run: Callable[[], Reply], where: str) -> str | None:
+    def _reply_from(self, job: _Job, run: Callable[[], Reply | None], where: str) -> str | None:
         """Run an operation and send its reply; the reason if it was refused (to record)."""
         try:
-            fields, fd = run()
+            result = run()
+            if result is None:  # a registered handler that replies later
+                return None
+            fields, fd = result
         except resources.Refused as e:
             self._send(error_reply(job.id, str(e), "PermissionError"))
             return str(e)

@@ -37,6 +37,7 @@ from sandbox.errors import SetupError
 from sandbox.parent import child, reaper
 from sandbox.parent.audit import AuditError, AuditLog, record_error
 from sandbox.parent.broker import Broker
+from sandbox.parent.broker import Handler as BrokerHandler
 from sandbox.parent.lockgate import LockGate
 from sandbox.parent.loop import EventLoop, Failure, Timer
 from sandbox.parent.notify import Supervisor
@@ -140,9 +141,16 @@ class Launch:
     """One agent, from its fork to its exit record."""
 
     def __init__(
-        self, plan: Plan, path: str, argv: list[str], audit: AuditLog, feats: Features
+        self,
+        plan: Plan,
+        path: str,
+        argv: list[str],
+        audit: AuditLog,
+        feats: Features,
+        ops: Mapping[Op, BrokerHandler] | None = None,
     ) -> None:
         self.plan, self.path, self.argv, self.audit, self.feats = plan, path, argv, audit, feats
+        self.ops = dict(ops or {})  # more broker operations (the dispatcher's message bus)
         self.policy = plan.policy
         self.pid = 0
         self.reason = ""  # why the parent ended the agent, for the exit record
@@ -309,6 +317,8 @@ class Launch:
             sock, policy, self.audit, self.pid, os.environ, limiter=self._limiter
         )
         broker.register(Op.SETUP_ERROR, self._on_exec_error)
+        for op, handler in self.ops.items():
+            broker.register(op, handler)
         err = self._failed
         loop.add(self._rp.status_fd, self._on_status, err, "the agent's exit status")
         if self._reader is not None and self._reader.sock is not None:
@@ -338,6 +348,11 @@ class Launch:
             self._timers.append(gate.timer)
         else:
             gate.locked = True
+
+    @property
+    def broker(self) -> Broker | None:
+        """The agent's broker channel once it is served (for deferred replies)."""
+        return self._broker
 
     # ------------------------------------------------------------------ handlers
 
@@ -498,6 +513,15 @@ class Launch:
 
     def close(self) -> None:
         """Release everything this launch holds (the tree is killed first)."""
+        if self._loop is not None:  # a shared loop (the dispatcher) outlives this launch
+            for fd in (self._sock, self._listener, self._rp.status_fd if self._rp else None):
+                if fd is not None:
+                    self._loop.remove(fd)
+            if self._relay is not None:
+                self._loop.remove(self._relay.inner)
+                self._loop.remove(self._relay.outer)
+            if self._reader is not None and self._reader.sock is not None:
+                self._loop.remove(self._reader.sock)
         if self._rp is not None:
             self._rp.kill()
             self._rp.close()

@@ -94,6 +94,7 @@ class EventLoop:
         self._signals: dict[int, Any] = {}
         self._wake: tuple[socket.socket, socket.socket] | None = None
         self._old_wakeup = -1
+        self._priority: dict[int, int] = {}  # fd -> rank; lower is served first in a turn
 
     # -- descriptors
 
@@ -111,7 +112,12 @@ class EventLoop:
     def remove(self, fd: int | _HasFileno) -> None:
         """Stop watching `fd` (nothing happens if it is not watched)."""
         with contextlib.suppress(KeyError, ValueError):
-            self._sel.unregister(fd)
+            self._priority.pop(self._sel.unregister(fd).fd, None)
+
+    def set_priority(self, fd: int, rank: int) -> None:
+        """Serve `fd` before descriptors of a higher rank when both are ready in one turn
+        (the dispatcher serves interactive agents before background ones: GCD's QoS)."""
+        self._priority[fd] = rank
 
     # -- timers
 
@@ -175,10 +181,17 @@ class EventLoop:
         while not self._stopped:
             events = self._sel.select(self._next_timeout())
             self._run_due()
+            if self._priority and len(events) > 1:
+                events.sort(key=lambda ev: self._priority.get(ev[0].fd, 0))
+            registered = self._sel.get_map()
             for key, _ in events:
                 if self._stopped:
                     break
-                self._dispatch(key.data)
+                # A handler earlier in this turn may have closed a descriptor, and a new
+                # one (another agent's, under the dispatcher) may have its number now: an
+                # event for a key no longer registered is stale and must not run.
+                if registered.get(key.fd) is key:
+                    self._dispatch(key.data)
 
     def _dispatch(self, reg: _Registration) -> None:
         try:

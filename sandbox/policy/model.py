@@ -21,13 +21,16 @@ PERM_LETTERS = "".join(PERM_RIGHTS)
 LockMode = Literal["exec", "agent"]
 ViolationMode = Literal["kill", "errno", "log"]
 Qos = Literal["interactive", "initiated", "utility", "background"]
-ResourceType = Literal["dir", "http"]
+ResourceType = Literal["dir", "http", "agent"]
 
 # Rights each resource type knows; a capability promise RESOURCE:RIGHT must name one.
 RESOURCE_RIGHTS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
         "dir": frozenset({"read", "write", "create", "delete", "list"}),
         "http": frozenset({"get", "post", "put", "patch", "delete", "head"}),
+        # Another agent of the system (SPEC 9): the right to send it messages, as seL4's
+        # endpoint capability. The resource's name is the agent's.
+        "agent": frozenset({"send"}),
     }
 )
 

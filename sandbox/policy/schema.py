@@ -125,9 +125,18 @@ HTTP_RESOURCE_KEYS: Mapping[str, Field] = {
     "max_bytes": Field(_ref("size"), "response size cap; default 16MiB"),
 }
 
+AGENT_RESOURCE_KEYS: Mapping[str, Field] = {
+    "type": Field(
+        {"const": "agent"},
+        "another agent of the system, named by this key; NAME:send sends it messages",
+        required=True,
+    ),
+}
+
 RESOURCE_KEYS: Mapping[str, Mapping[str, Field]] = {
     "dir": DIR_RESOURCE_KEYS,
     "http": HTTP_RESOURCE_KEYS,
+    "agent": AGENT_RESOURCE_KEYS,
 }
 
 LIMIT_KEYS: Mapping[str, Field] = {
