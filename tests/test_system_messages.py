@@ -417,6 +417,21 @@ def test_malformed_bus_requests_are_refused_and_the_dispatcher_goes_on(
     verify(s)
 
 
+def test_a_flood_of_refused_sends_is_counted_not_each_recorded(
+    systems: list[System], tmp_path: Path
+) -> None:
+    s = make(systems, tmp_path, {"a": {}, "b": {}})
+    s.up()
+    out = s.send("flood a 2000", to="b")  # b holds no a:send: every one refused
+    assert out.startswith("sent 0 failed 2000: PermissionError: a:send is not promised"), out
+    assert s.down() == 0
+    refused = [r for r in denials(s, "send") if r["agent"] == "b"]
+    assert 0 < len(refused) <= 128, len(refused)
+    counted = [r for r in s.audit("suppressed") if r["agent"] == "b"]
+    assert sum(r["count"] for r in counted) + len(refused) == 2000, counted
+    verify(s)
+
+
 def test_control_socket_serves_only_its_owner(systems: list[System], tmp_path: Path) -> None:
     import pwd
     import shutil

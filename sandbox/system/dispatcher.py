@@ -341,8 +341,13 @@ class Dispatcher:
                 self._schedule_flush()
 
     def _refuse(self, inst: Instance | None, op: str, target: str, reason: str) -> None:
-        """An audit record for a refused message operation (committed with the turn)."""
+        """An audit record for a refused message operation (committed with the turn); an
+        agent's refusals go through its rate limiter (a flood is counted, not each kept)."""
         if self.audit is None:
+            return
+        broker = inst.launch.broker if inst is not None else None
+        key = f"bus {op} {target if target in self.agents else '?'}"  # our words only
+        if broker is not None and not broker.limiter.admit(key):
             return
         with contextlib.suppress(AuditError, ValueError):
             self.audit.append(
@@ -1077,6 +1082,8 @@ def recover_tail(path: str) -> int:
         if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
             return 0
         good = auditlib._last_line_start(fd, size)
+        if good is None:  # a last "line" longer than any record: not ours to cut
+            raise SetupError(f"{path}: the last line is longer than any record; run verify")
         os.ftruncate(fd, good)
         os.fsync(fd)
         return size - good
