@@ -297,13 +297,13 @@ def test_valid_values(tmp_path: Path, text: str, check: object) -> None:
             "bogus: 1\n",
             "2:1: unknown key 'bogus' in the policy; allowed: version, name, command, lock, "
             "init, pledge, execpromises, unveil, network, resources, limits, env, violation, "
-            "qos, best_effort, user",
+            "qos, best_effort, user, params",
         ),
         (
             "pledges: stdio\n",
             "2:1: unknown key 'pledges' in the policy (did you mean 'pledge'?); allowed: "
             "version, name, command, lock, init, pledge, execpromises, unveil, network, "
-            "resources, limits, env, violation, qos, best_effort, user",
+            "resources, limits, env, violation, qos, best_effort, user, params",
         ),
         (
             "name: !!python/name:os.system x\n",
@@ -757,10 +757,11 @@ def test_inline_policy_from_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         ),
         (
             None,
-            ["/usr:rx"],
-            "without a policy file, give the promises with -p (e.g. -p 'stdio rpath')",
+            [],
+            "nothing is unveiled: give a POLICY file, or paths with -v (e.g. -v /usr:rx); "
+            "without them the command cannot even be executed",
         ),
-        ("stdio", ["/usr"], "-v '/usr': expected PATH:PERMS, e.g. -v /usr:rx (PERMS may be empty)"),
+        ("stdio", [":r"], "-v ':r': expected PATH or PATH:PERMS, e.g. -v /usr:rx"),
         ("stdio", ["/usr:rz"], "-v '/usr:rz': unknown permission 'z'; use any of r w x c"),
         ("stdio", ["/nonexistent:r"], "-v '/nonexistent:r': '/nonexistent' does not exist"),
         ("stdio", ["/usr:r", "/usr/:x"], "-v: '/usr' is given twice"),
@@ -770,6 +771,12 @@ def test_inline_policy_from_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             narrow.narrow(None, promises, unveils)
         assert str(info.value) == message
         assert info.value.exit_status == 2
+    # SPEC section 3: without a policy and without -p the promises are 'stdio rpath', and
+    # -v PATH without letters means r.
+    default = narrow.narrow(None, None, ["/usr", "@devices"])
+    assert default.pledge == frozenset({"stdio", "rpath"})
+    assert default.unveil[0] == Unveil("/usr", frozenset("r"))
+    assert all(u.perms == frozenset("r") for u in default.unveil)
 
 
 @pytest.fixture
@@ -784,9 +791,12 @@ def test_narrowing_a_policy(base: Policy) -> None:
     p = narrow.narrow(base, "stdio rpath vault:read", [f"{vault}/notes:r", "/usr/bin:x"])
     assert p.pledge == {"stdio", "rpath"}
     assert p.capabilities == {("vault", "read")}  # vault:write and llm:post dropped
+    # -v narrows per path: each given path replaces the entry that decides it (the closest
+    # enclosing one), in place; the others stay as they are (/etc/ssl).
     assert p.unveil == (
-        Unveil(f"{vault}/notes", frozenset("r")),
         Unveil("/usr/bin", frozenset("x")),
+        Unveil(f"{vault}/notes", frozenset("r")),
+        Unveil("/etc/ssl", frozenset("r"), True),
     )
     assert (p.name, p.command, p.resources, p.limits) == (
         base.name,
@@ -798,7 +808,10 @@ def test_narrowing_a_policy(base: Policy) -> None:
     assert narrow.narrow(base, "stdio", []).capabilities == frozenset()
     only_v = narrow.narrow(base, None, ["/usr:r"])
     assert (only_v.pledge, only_v.capabilities) == (base.pledge, base.capabilities)
-    assert only_v.unveil == (Unveil("/usr", frozenset("r")),)
+    assert only_v.unveil == (Unveil("/usr", frozenset("r")), *base.unveil[1:])
+    # Two paths within one entry both replace it.
+    two = narrow.narrow(base, None, ["/usr/bin:rx", "/usr/lib:r"])
+    assert [u.path for u in two.unveil] == ["/usr/bin", "/usr/lib", vault, "/etc/ssl"]
 
 
 def test_widening_a_policy_is_refused(base: Policy) -> None:

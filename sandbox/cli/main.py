@@ -9,25 +9,58 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NoReturn
 
 from sandbox.errors import PolicyError, SandboxError, UsageError
+from sandbox.policy.narrow import Flags
 
-RUN_USAGE = """usage: sandbox run [POLICY] [-p PROMISES] [-v PATH:PERMS]... [--audit-log FILE]
-                   [--] [COMMAND ARG...]
+if TYPE_CHECKING:
+    from sandbox.policy.model import Policy
 
-Run COMMAND under POLICY (a YAML file), or under the promises and unveiled paths given
-with -p and -v alone. With a POLICY, -p and -v can only narrow it.
+RUN_USAGE = """usage: sandbox run [POLICY | --preset NAME] [--set NAME=VALUE]... [-p PROMISES]
+                   [-v PATH[:PERMS]]... [--violation kill|errno|log] [--best-effort]
+                   [--limit KEY=VALUE]... [--env NAME[=VALUE]]... [--connect PORT]...
+                   [--bind PORT]... [--user NAME] [--audit-log FILE] [--] [COMMAND ARG...]
 
+Run COMMAND under POLICY (a YAML file) or a built-in preset (see sandbox presets), or
+under the flags alone. Without a policy the promises are 'stdio rpath' unless -p says
+otherwise, and only what -v unveils is visible.
+
+With a policy, every flag can only narrow it (a wider value is a usage error, exit 2):
+-p keeps a subset of its promises; -v DIR:r narrows the entry that decides DIR (the
+closest enclosing one) to DIR with those letters and leaves every other entry as it is
+(so `--preset readonly-tool -v src:r -- grep -r x src` still runs grep from /usr).
+
+  --preset NAME             a built-in preset policy (sandbox presets lists them)
+  --set NAME=VALUE          a parameter of the policy: ${NAME} in its paths; relative
+                            VALUEs are relative to the current directory (repeatable)
   -p, --promises PROMISES   space-separated promises, e.g. 'stdio rpath'
-  -v, --unveil PATH:PERMS   unveil PATH with permissions from r w x c (repeatable)
+  -v, --unveil PATH[:PERMS] unveil PATH with permissions from r w x c; no letters: r
+                            (repeatable; PATH may be a set: @system, @python, @devices)
+  --violation MODE          kill (default), errno (the call fails with EPERM) or log
+                            (the call proceeds: learning, not a sandbox)
+  --best-effort             run even where this kernel cannot enforce everything; the
+                            start record says what is not enforced
+  --limit KEY=VALUE         as `limits`: memory, cpu, wall, processes, files, file_size
+                            (e.g. --limit memory=512MiB --limit wall=10m)
+  --env NAME[=VALUE]        pass NAME from this environment, or set it (as `env`)
+  --connect PORT            TCP port the agent may connect to (needs 'inet'; repeatable)
+  --bind PORT               TCP port the agent may bind (needs 'inet'; repeatable)
+  --user NAME               run the agent as this user (the launcher must be root)
   --audit-log FILE          append the audit records to FILE
                             (default: $SANDBOX_AUDIT_LOG, else
                             $XDG_STATE_HOME/outheis-sandbox/audit.jsonl)
   --trace-unveil            name the paths Landlock refuses, read by the parent from
                             every path-taking call (slower; for whoever cannot have
                             the kernel's audit records: see sandbox doctor)
+
+Examples:
+  sandbox run -v /usr:rx -- ls /usr
+  sandbox run -p 'stdio rpath wpath cpath' -v /usr:rx -v /tmp:rwc -- touch /tmp/x
+  sandbox run --preset readonly-tool --set WORK=. -- grep -r TODO .
+  sandbox run agent.yaml --violation errno --limit wall=1m -- python3 agent.py
 """
 
 POLICY_SUFFIXES = (".yaml", ".yml")
@@ -43,39 +76,77 @@ def default_audit_log() -> str:
     return os.path.join(state, "outheis-sandbox", "audit.jsonl")
 
 
-def parse_run_args(
-    args: Sequence[str],
-) -> tuple[str | None, str | None, list[str], str | None, list[str]]:
-    """(policy, promises, unveils, audit_log, command) from `sandbox run` arguments."""
-    policy, promises, unveils, audit_log, command, _ = _parse_run_args(args)
-    return policy, promises, unveils, audit_log, command
-
-
-def _parse_run_args(
-    args: Sequence[str],
-) -> tuple[str | None, str | None, list[str], str | None, list[str], bool]:
-    """parse_run_args, and whether --trace-unveil was given."""
-    trace = False
+@dataclass
+class RunArgs:
     policy: str | None = None
-    promises: str | None = None
-    unveils: list[str] = []
+    preset: str | None = None
+    sets: list[str] = field(default_factory=list)
     audit_log: str | None = None
+    flags: Flags = field(default_factory=Flags)
+    command: list[str] = field(default_factory=list)
+    trace_unveil: bool = False
+
+
+def _append(name: str) -> Callable[[RunArgs, str], None]:
+    return lambda a, v: getattr(a.flags, name).append(v)
+
+
+def _once(obj: str, name: str, flag: str) -> Callable[[RunArgs, str], None]:
+    def store(a: RunArgs, v: str) -> None:
+        target = a if obj == "args" else a.flags
+        if getattr(target, name) is not None:
+            raise UsageError(f"{flag} is given twice")
+        setattr(target, name, v)
+
+    return store
+
+
+def _promises(a: RunArgs, v: str) -> None:
+    a.flags.promises = v if a.flags.promises is None else f"{a.flags.promises} {v}"
+
+
+# Options that take a value: where the value goes.
+_VALUED: dict[str, Callable[[RunArgs, str], None]] = {
+    "-p": _promises,
+    "--promises": _promises,
+    "-v": _append("unveils"),
+    "--unveil": _append("unveils"),
+    "--audit-log": _once("args", "audit_log", "--audit-log"),
+    "--preset": _once("args", "preset", "--preset"),
+    "--set": lambda a, v: a.sets.append(v),
+    "--violation": _once("flags", "violation", "--violation"),
+    "--limit": _append("limits"),
+    "--env": _append("env"),
+    "--connect": _append("connect"),
+    "--bind": _append("bind"),
+    "--user": _once("flags", "user", "--user"),
+}
+
+
+def parse_run_args(args: Sequence[str]) -> RunArgs:
+    """`sandbox run` arguments, parsed by hand (see the module's docstring)."""
+    out = RunArgs()
     rest = list(args)
     i = 0
-    takes_value = {"-p": "p", "--promises": "p", "-v": "v", "--unveil": "v", "--audit-log": "a"}
     while i < len(rest):
         arg = rest[i]
         if arg == "--":
-            return policy, promises, unveils, audit_log, rest[i + 1 :], trace
-        if arg == "--trace-unveil":
-            trace = True
-            i += 1
-            continue
+            out.command = rest[i + 1 :]
+            return out
         if arg in ("-h", "--help"):
             print(RUN_USAGE, end="")
             raise SystemExit(0)
+        if arg == "--best-effort":
+            out.flags.best_effort = True
+            i += 1
+            continue
+        if arg == "--trace-unveil":
+            out.trace_unveil = True
+            i += 1
+            continue
         name, eq, inline = arg.partition("=")
-        if name in takes_value:
+        store = _VALUED.get(name)
+        if store is not None:
             if eq:
                 value = inline
             else:
@@ -83,43 +154,53 @@ def _parse_run_args(
                     raise UsageError(f"{arg} needs a value")
                 i += 1
                 value = rest[i]
-            kind = takes_value[name]
-            if kind == "p":
-                promises = value if promises is None else f"{promises} {value}"
-            elif kind == "v":
-                unveils.append(value)
-            else:
-                audit_log = value
+            store(out, value)
             i += 1
             continue
         if arg.startswith("-") and arg != "-":
             raise UsageError(f"unknown option {arg} (see sandbox run --help)")
-        if policy is None and not unveils and promises is None and arg.endswith(POLICY_SUFFIXES):
-            policy = arg
+        if out.policy is None and not out.flags.any() and arg.endswith(POLICY_SUFFIXES):
+            out.policy = arg
             i += 1
             continue
-        return policy, promises, unveils, audit_log, rest[i:], trace
-    return policy, promises, unveils, audit_log, [], trace
+        out.command = rest[i:]
+        return out
+    return out
+
+
+def load_run_policy(a: RunArgs) -> Policy:
+    """The policy of a `sandbox run` (also `learn --verify`): file or preset, then flags."""
+    from sandbox.policy.narrow import apply_flags
+
+    if a.policy is not None and a.preset is not None:
+        raise UsageError("give a POLICY file or --preset NAME, not both")
+    path = a.policy
+    if a.preset is not None:
+        from sandbox.presets import path_of
+
+        path = path_of(a.preset)
+    if path is None and a.sets:
+        raise UsageError("--set gives parameters of a policy: give a POLICY file or --preset")
+    base = None
+    if path is not None:
+        from sandbox.policy.loader import load_policy
+        from sandbox.policy.params import parse_sets
+
+        base = load_policy(path, parse_sets(a.sets))
+    if base is not None and not a.flags.any():
+        return base
+    return apply_flags(base, a.flags)
 
 
 def run_command(args: Sequence[str]) -> int:
     from sandbox.parent.launcher import run
-    from sandbox.policy.loader import load_policy
-    from sandbox.policy.narrow import narrow
 
-    policy_path, promises, unveils, audit_log, command, trace = _parse_run_args(args)
-    base = load_policy(policy_path) if policy_path else None
-    if base is None and promises is None:
-        raise UsageError("give a POLICY file or promises with -p (see sandbox run --help)")
-    policy = (
-        narrow(base, promises, unveils)
-        if (base is None or promises is not None or unveils)
-        else base
-    )
-    log = audit_log or default_audit_log()
-    if audit_log is None:
+    a = parse_run_args(args)
+    policy = load_run_policy(a)
+    log = a.audit_log or default_audit_log()
+    if a.audit_log is None:
         os.makedirs(os.path.dirname(log), mode=0o700, exist_ok=True)
-    result = run(policy, command or None, log, trace_unveil=trace)
+    result = run(policy, a.command or None, log, trace_unveil=a.trace_unveil)
     return result.status
 
 
@@ -133,8 +214,17 @@ def _fail(e: SandboxError) -> NoReturn:
     raise SystemExit(e.exit_status)
 
 
+def version_text() -> str:
+    from sandbox import __version__
+
+    return f"sandbox (outheis-sandbox) {__version__}"
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["--version"]:  # without typer's import, as `run`
+        print(version_text())
+        raise SystemExit(0)
     try:
         if args and args[0] == "run":
             status = run_command(args[1:])

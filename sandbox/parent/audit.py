@@ -871,14 +871,25 @@ SUMMARIES: Mapping[str, Callable[[Mapping[str, Any]], str]] = MappingProxyType(
 SHOW_COLUMNS = ("SEQ", "TIME", "AGENT", "KIND", "PID", "SUMMARY")
 
 
+def show_row(
+    r: Mapping[str, Any],
+    summaries: Mapping[str, Callable[[Mapping[str, Any]], str]] = SUMMARIES,
+) -> tuple[str, ...]:
+    """The cells of one record in `audit show`'s table (SHOW_COLUMNS), terminal-safe."""
+    summary = summaries.get(str(r.get("kind")), _sum_other)(r)
+    cells = (r.get("seq"), r.get("time"), r.get("agent"), r.get("kind"), r.get("pid"))
+    return (*(_safe("-" if c is None else str(c)) for c in cells), _safe(summary))
+
+
 def format_show(
     path: str | os.PathLike[str],
     agent: str | None = None,
     kind: str | None = None,
     as_json: bool = False,
     summaries: Mapping[str, Callable[[Mapping[str, Any]], str]] = SUMMARIES,
+    keep: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> str:
-    """The records of `path` matching agent and kind: an aligned table, or JSON Lines.
+    """The records of `path` matching agent, kind and `keep`: an aligned table, or JSON Lines.
 
     Raises AuditError at the first line that is not a record (after nothing is shown).
     """
@@ -889,12 +900,12 @@ def format_show(
             kind is not None and r.get("kind") != kind
         ):
             continue
+        if keep is not None and not keep(r):
+            continue
         if as_json:
             out.append(line.decode("utf-8"))
             continue
-        summary = summaries.get(str(r.get("kind")), _sum_other)(r)
-        cells = (r.get("seq"), r.get("time"), r.get("agent"), r.get("kind"), r.get("pid"))
-        rows.append((*(_safe("-" if c is None else str(c)) for c in cells), _safe(summary)))
+        rows.append(show_row(r, summaries))
     if as_json:
         return "".join(f"{line}\n" for line in out)
     table = [SHOW_COLUMNS, *rows]

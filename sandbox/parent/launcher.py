@@ -98,14 +98,20 @@ def run(
     feats: Features | None = None,
     stop_grace: float = STOP_GRACE,
     trace_unveil: bool = False,
+    plan: Plan | None = None,
+    supervisor: Callable[..., Supervisor] = Supervisor,
 ) -> RunResult:
     """`sandbox run`: launch one agent and serve it until it exits. SIGTERM, SIGINT and
     SIGHUP to the launcher are forwarded to the agent (see Launch.stop), which has
     `stop_grace` seconds to exit. `trace_unveil`: the parent reads the path-taking calls
-    to name what Landlock refuses (see sandbox.parent.denials)."""
+    to name what Landlock refuses (see sandbox.parent.denials).
+
+    `plan` and `supervisor` are for `sandbox learn` (sandbox.tools.learn), which launches
+    with a plan of its own and answers the notifications itself."""
     feats = probe() if feats is None else feats
-    plan = compile_plan(policy, feats, environ, trace_unveil=trace_unveil)
-    check_enforceable(plan)
+    if plan is None:
+        plan = compile_plan(policy, feats, environ, trace_unveil=trace_unveil)
+        check_enforceable(plan)
     argv = list(command) if command else list(policy.command)
     path = resolve_command(argv, plan.env)
     try:
@@ -114,7 +120,7 @@ def run(
         raise SetupError(f"audit log {audit_path}: {e}") from e
     with audit:
         loop = EventLoop()
-        launch = Launch(plan, path, argv, audit, feats)
+        launch = Launch(plan, path, argv, audit, feats, supervisor=supervisor)
         results: list[RunResult] = []
 
         def finished(result: RunResult) -> None:
@@ -148,9 +154,11 @@ class Launch:
         audit: AuditLog,
         feats: Features,
         ops: Mapping[Op, BrokerHandler] | None = None,
+        supervisor: Callable[..., Supervisor] = Supervisor,
     ) -> None:
         self.plan, self.path, self.argv, self.audit, self.feats = plan, path, argv, audit, feats
         self.ops = dict(ops or {})  # more broker operations (the dispatcher's message bus)
+        self._supervisor = supervisor
         self.policy = plan.policy
         self.pid = 0
         self.reason = ""  # why the parent ended the agent, for the exit record
@@ -261,7 +269,7 @@ class Launch:
             self.pid,
             schedule=lambda when, fn: loop.call_at(when, fn, self._failed),
         )
-        self._sup = Supervisor(
+        self._sup = self._supervisor(
             plan=plan,
             audit=self.audit,
             agent_pid=self.pid,

@@ -130,8 +130,14 @@ class Supervisor:
             seccomp.respond(self.listener, n.id, continue_=True)
             return
         if name in EXEC_SYSCALLS:
+            execp = self.plan.policy.execpromises
             if "exec" in self.plan.policy.pledge:
-                if self.plan.policy.execpromises is not None:
+                if execp is not None:
+                    # A program the agent executed runs under execpromises: without 'exec'
+                    # in them it cannot execute another.
+                    if "exec" not in execp and self._under_execpromises(n.pid):
+                        self.violation(n, name, args, "exec", note="not in execpromises")
+                        return
                     tgid = _status_field(n.pid, "Tgid") or n.pid
                     self.execd.add(tgid)  # before the exec runs: fail closed if it fails
                 seccomp.respond(self.listener, n.id, continue_=True)

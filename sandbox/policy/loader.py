@@ -36,6 +36,7 @@ else:
     yaml = _LazyYaml()
 
 from sandbox.errors import PolicyError, Problem
+from sandbox.policy import params as param_rules
 from sandbox.policy import pathsets
 from sandbox.policy.model import (
     DEFAULT_ENV_KEEP,
@@ -45,6 +46,7 @@ from sandbox.policy.model import (
     Limits,
     LockMode,
     Network,
+    Param,
     Policy,
     Resource,
     Unveil,
@@ -68,6 +70,7 @@ from sandbox.policy.schema import (
     MAX_POLICY_BYTES,
     NAME_RE,
     NETWORK_KEYS,
+    PARAM_KEYS,
     QOS_LEVELS,
     RESOURCE_KEYS,
     RESOURCE_NAME_RE,
@@ -84,15 +87,19 @@ _UID_RE = re.compile(r"[0-9]{1,10}")  # a uid: 32 bits
 # --- Loading -----------------------------------------------------------------------------
 
 
-def load_policy(path: str | os.PathLike[str]) -> Policy:
-    """Load and validate a policy file; PolicyError lists every problem with FILE:LINE:COLUMN."""
+def load_policy(path: str | os.PathLike[str], params: Mapping[str, str] | None = None) -> Policy:
+    """Load and validate a policy file; PolicyError lists every problem with FILE:LINE:COLUMN.
+
+    `params`: values of its declared parameters (--set NAME=VALUE), already absolute."""
     filename = os.fspath(path)
     text, data = read_text(filename)
     base_dir = os.path.dirname(os.path.abspath(filename))
-    return _load(text, data, filename, base_dir, os.path.abspath(filename))
+    return _load(text, data, filename, base_dir, os.path.abspath(filename), params)
 
 
-def load_policy_text(text: str, filename: str, base_dir: str) -> Policy:
+def load_policy_text(
+    text: str, filename: str, base_dir: str, params: Mapping[str, str] | None = None
+) -> Policy:
     """Validate policy text as if read from `filename`; relative paths resolve in `base_dir`."""
     try:
         data = text.encode("utf-8")
@@ -105,11 +112,18 @@ def load_policy_text(text: str, filename: str, base_dir: str) -> Policy:
         raise PolicyError(
             [Problem(filename, 1, 1, f"the file is larger than {MAX_POLICY_BYTES} bytes (1 MiB)")]
         )
-    return _load(text, data, filename, os.path.abspath(base_dir), os.path.abspath(filename))
+    return _load(text, data, filename, os.path.abspath(base_dir), os.path.abspath(filename), params)
 
 
-def _load(text: str, data: bytes, filename: str, base_dir: str, source: str) -> Policy:
-    ctx = _Ctx(filename, text, base_dir)
+def _load(
+    text: str,
+    data: bytes,
+    filename: str,
+    base_dir: str,
+    source: str,
+    params: Mapping[str, str] | None = None,
+) -> Policy:
+    ctx = _Ctx(filename, text, base_dir, params)
     root = _compose(ctx)
     policy: Policy | None = None
     if root is None and not ctx.problems:
@@ -137,6 +151,8 @@ def _build(ctx: _Ctx, root: yaml.Node, stem: str) -> Policy | None:
     if top is None:
         return None
     values: dict[str, Any] = {}
+    # Parameters first: paths and the command below refer to them.
+    values["params"] = _params(ctx, top.get("params"), top.key_node("params") or root)
 
     node = top.get("version")
     if node is not None:
@@ -229,7 +245,10 @@ def _build(ctx: _Ctx, root: yaml.Node, stem: str) -> Policy | None:
 
 def _command(ctx: _Ctx, node: yaml.Node) -> tuple[str, ...] | None:
     if isinstance(node, yaml.SequenceNode):
-        args = [ctx.text_of(item, "an argument of command") for item in node.value]
+        args = [
+            ctx.expand(item, ctx.text_of(item, "an argument of command"), "command")
+            for item in node.value
+        ]
         if any(a is None for a in args):
             return None
         return tuple(a for a in args if a is not None)
@@ -239,7 +258,10 @@ def _command(ctx: _Ctx, node: yaml.Node) -> tuple[str, ...] | None:
     try:
         import shlex  # a command given as a string
 
-        return tuple(shlex.split(text))
+        words = [ctx.expand(node, w, "command") for w in shlex.split(text)]
+        if any(w is None for w in words):
+            return None
+        return tuple(w for w in words if w is not None)
     except ValueError as exc:
         ctx.error(node, f"command cannot be split into words: {exc}")
         return None
@@ -303,6 +325,54 @@ def _promises(
     return frozenset(plain), frozenset(caps)
 
 
+def _params(ctx: _Ctx, node: yaml.Node | None, where: yaml.Node) -> tuple[Param, ...]:
+    """The declared parameters, each with its value (--set, else its default), entered into
+    ctx.values in order: a default may refer to CWD, HOME and the parameters above it."""
+    declared: list[Param] = []
+    entries = [] if node is None else ctx.items(node, "params") or []
+    for name, key_node, value_node in entries:
+        problem = param_rules.check_name(name)
+        if problem is None and name in param_rules.BUILTINS:
+            problem = f"{name} is built in ({param_rules.BUILTINS[name]}); choose another name"
+        if problem is not None:
+            ctx.error(key_node, f"params: {problem}")
+            continue
+        doc, default = "", None
+        if isinstance(value_node, yaml.MappingNode):
+            fields = ctx.fields(value_node, f"parameter {name}", PARAM_KEYS)
+            if fields is None:
+                continue
+            n = fields.get("doc")
+            doc = (ctx.text_of(n, f"doc of parameter {name}") or "") if n is not None else ""
+            n = fields.get("default")
+            if n is not None:
+                default = ctx.text_of(n, f"default of parameter {name}")
+                if default is None:
+                    continue
+                expanded = ctx.expand(n, default, f"default of parameter {name}")
+                problem = None if expanded is None else param_rules.check_value(name, expanded)
+                if problem is not None:
+                    ctx.error(n, problem)
+                if expanded is None or problem is not None:
+                    continue
+                ctx.values[name] = expanded
+        else:
+            doc = ctx.text_of(value_node, f"parameter {name}") or ""
+        if name in ctx.given:
+            ctx.values[name] = ctx.given[name]
+        elif default is None:
+            ctx.error(key_node, f"parameter {name} has no default: give it with --set {name}=...")
+        declared.append(Param(name, doc, default, ctx.values.get(name)))
+    names = {p.name for p in declared}
+    for name in ctx.given:
+        if name not in names:
+            known = ", ".join(sorted(names)) or "none"
+            ctx.error(
+                where, f"--set {name}: the policy declares no parameter {name} (it has: {known})"
+            )
+    return tuple(declared)
+
+
 def _init(
     ctx: _Ctx,
     node: yaml.Node,
@@ -343,6 +413,7 @@ def _init(
 
 
 def _path_text(ctx: _Ctx, node: yaml.Node, raw: str | None, what: str) -> str | None:
+    raw = ctx.expand(node, raw, what)
     if raw is None:
         return None
     if raw == "":
@@ -667,14 +738,14 @@ _SECTIONS: Mapping[str, Callable[[_Ctx, yaml.Node], object]] = MappingProxyType(
 )
 
 
-def check_files(paths: list[str]) -> tuple[int, list[str]]:
+def check_files(paths: list[str], params: Mapping[str, str] | None = None) -> tuple[int, list[str]]:
     """`sandbox check POLICY...`: (0, []) if all are valid, else (2, every problem line)."""
     if not paths:
         return 2, ["sandbox check: give at least one policy file"]
     lines: list[str] = []
     for path in paths:
         try:
-            load_policy(path)
+            load_policy(path, params)
         except PolicyError as exc:
             lines.extend(str(problem) for problem in exc.problems)
     return (2 if lines else 0), lines

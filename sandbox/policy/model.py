@@ -81,6 +81,16 @@ class Env:
 
 
 @dataclass(frozen=True)
+class Param:
+    """A declared parameter (`params:`): its meaning, its default, the value it had."""
+
+    name: str
+    doc: str = ""
+    default: str | None = None  # as written, may refer to CWD, HOME and earlier parameters
+    value: str | None = None  # what ${NAME} was replaced with when the policy was loaded
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     version: int = 1
@@ -101,6 +111,7 @@ class Policy:
     qos: Qos | None = None
     best_effort: bool = False
     user: str | None = None  # run the agent as this user (launcher must be root)
+    params: tuple[Param, ...] = ()  # declared parameters, with the values used
     source: str | None = None  # path of the policy file, if any
     sha256: str | None = None  # of the policy file's bytes
 
@@ -150,9 +161,23 @@ def unveil_beyond(path: str, perms: Iterable[str], within: Iterable[Unveil]) -> 
     return beyond_resolved(os.path.realpath(path), perms, resolve_unveils(within))
 
 
+def closest_unveil(path: str, within: Iterable[Unveil]) -> Unveil | None:
+    """The unveil that decides `path` (the closest one at or above it, symlinks resolved on
+    both sides), None if none encloses it: what unveil_beyond checks against."""
+    return closest_resolved(os.path.realpath(path), resolve_unveils(within))
+
+
 def resolve_unveils(unveils: Iterable[Unveil]) -> tuple[tuple[str, Unveil], ...]:
     """Each unveil with its real path (what Landlock's rule is attached to)."""
     return tuple((os.path.realpath(u.path), u) for u in unveils)
+
+
+def closest_resolved(real: str, resolved: Iterable[tuple[str, Unveil]]) -> Unveil | None:
+    """closest_unveil() for a path already resolved, against unveils already resolved."""
+    enclosing = [(r, u) for r, u in resolved if path_within(real, r)]
+    if not enclosing:
+        return None
+    return max(enclosing, key=lambda ru: len(ru[0]))[1]
 
 
 def beyond_resolved(
@@ -160,10 +185,9 @@ def beyond_resolved(
 ) -> Beyond | None:
     """unveil_beyond() for a path already resolved, against unveils already resolved (the
     parent checks every call it performs this way, with the unveils resolved once)."""
-    enclosing = [(r, u) for r, u in resolved if path_within(real, r)]
-    if not enclosing:
+    closest = closest_resolved(real, resolved)
+    if closest is None:
         return Beyond(None, frozenset(perms))
-    closest = max(enclosing, key=lambda ru: len(ru[0]))[1]
     extra = frozenset(perms) - closest.perms
     return Beyond(closest, extra) if extra else None
 
@@ -215,6 +239,9 @@ def policy_to_dict(p: Policy) -> dict[str, Any]:
         "qos": p.qos,
         "best_effort": p.best_effort,
         "user": p.user,
+        "params": {
+            q.name: {"doc": q.doc, "default": q.default, "value": q.value} for q in p.params
+        },
     }
 
 

@@ -80,11 +80,30 @@ def shorten(message: str) -> str:
 class Ctx:
     """Where problems go while one file is checked."""
 
-    def __init__(self, filename: str, text: str, base_dir: str) -> None:
+    def __init__(
+        self, filename: str, text: str, base_dir: str, given: Mapping[str, str] | None = None
+    ) -> None:
         self.filename = filename
         self.text = text
         self.base_dir = base_dir
         self.problems: list[Problem] = []
+        self.given: Mapping[str, str] = given or {}  # --set NAME=VALUE
+        # ${NAME} -> value: the built-ins, then the declared parameters (loader._params).
+        from sandbox.policy import params
+
+        self.values: dict[str, str] = params.builtin_values()
+
+    def expand(self, node: yaml.Node, text: str | None, what: str) -> str | None:
+        """`text` with its ${NAME} references replaced, or None after recording why not."""
+        if text is None or "${" not in text:
+            return text
+        from sandbox.policy import params
+
+        try:
+            return params.expand(text, self.values)
+        except params.ParamError as exc:
+            self.error(node, f"{what}: {exc}")
+            return None
 
     def error(self, where: yaml.Node | Loc, message: str) -> None:
         line, column = loc(where) if isinstance(where, yaml.Node) else where

@@ -148,6 +148,11 @@ LIMIT_KEYS: Mapping[str, Field] = {
     "file_size": Field(_ref("size"), "largest file a process may write (RLIMIT_FSIZE)"),
 }
 
+PARAM_KEYS: Mapping[str, Field] = {
+    "default": Field(_STRING, "the value when --set does not give one; may use ${CWD}, ${HOME}"),
+    "doc": Field(_STRING, "what the parameter means, for `sandbox presets`"),
+}
+
 ENV_KEYS: Mapping[str, Field] = {
     "keep": Field(
         {"type": "array", "items": _ref("env_name")},
@@ -200,6 +205,15 @@ TOP_LEVEL_KEYS: Mapping[str, Field] = {
     "best_effort": Field({"type": "boolean"}, "start even if the kernel cannot enforce all"),
     "user": Field(
         {"type": ["string", "integer"]}, "run the agent as this user (name or numeric uid)"
+    ),
+    "params": Field(
+        {
+            "type": "object",
+            "propertyNames": {"pattern": "^[A-Z][A-Z0-9_]*$"},
+            "additionalProperties": {"oneOf": [_STRING, _object(PARAM_KEYS)]},
+        },
+        "parameters used as ${NAME} in paths and the command; set with --set NAME=VALUE "
+        "(a string value is the doc, with no default)",
     ),
 }
 

@@ -364,8 +364,9 @@ def _resource_location(policy_path: str, name: str) -> tuple[int, int]:
     return 1, 1
 
 
-def check_files(paths: list[str]) -> tuple[int, list[str]]:
-    """`sandbox check FILE...` for policy and system files alike: (0, []) or (2, problems)."""
+def check_files(paths: list[str], params: Mapping[str, str] | None = None) -> tuple[int, list[str]]:
+    """`sandbox check FILE...` for policy and system files alike: (0, []) or (2, problems).
+    `params`: the policies' parameters (--set NAME=VALUE)."""
     from sandbox.policy.loader import check_files as check_policies
 
     lines: list[str] = []
@@ -376,6 +377,6 @@ def check_files(paths: list[str]) -> tuple[int, list[str]]:
                 load_system(path)
             except PolicyError as exc:
                 lines.extend(str(problem) for problem in exc.problems)
-    status, more = check_policies(policies) if policies or not paths else (0, [])
+    status, more = check_policies(policies, params) if policies or not paths else (0, [])
     lines.extend(more)
     return (2 if lines or status else 0), lines
