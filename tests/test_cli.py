@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -445,3 +446,428 @@ def test_console_script_and_python_m_agree(tmp_path: Path) -> None:
         )  # fmt: skip
         assert p.returncode == 7, (exe, p)
     assert verify(log).ok
+
+
+# --------------------------------------------------------------------------- inline flags (SPEC 3)
+
+PYTHON_VIEW = ["-v", "@python:rx", "-v", "@system:rx"]
+
+
+def inline(tmp_path: Path, *flags: str, code: str, env: dict[str, str] | None = None) -> Result:
+    """`sandbox run FLAGS -- python -c CODE`, as a Result with the audit records."""
+    log = tmp_path / f"inline-{len(list(tmp_path.iterdir()))}.jsonl"
+    full = dict(env or os.environ, PYTHONPATH=str(REPO))
+    p = subprocess.run(
+        [*SANDBOX, "run", *PYTHON_VIEW, *flags, "--audit-log", str(log), "--", *py(code)],
+        capture_output=True, text=True, env=full, cwd=tmp_path, timeout=GUARD,
+    )  # fmt: skip
+    recs = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+    return Result(p.returncode, p.stdout, p.stderr, recs, str(log))
+
+
+def test_default_promises_are_stdio_rpath_and_v_path_means_r(tmp_path: Path) -> None:
+    # No POLICY and no -p: 'stdio rpath' (as Cosmopolitan's pledge); -v PATH alone is r.
+    log = str(tmp_path / "a.jsonl")
+    p = sandbox("run", "-v", "@system:rx", "-v", "/etc/hostname", "--audit-log", log, "--",
+                "cat", "/etc/hostname")  # fmt: skip
+    assert p.returncode == 0 and p.stdout == Path("/etc/hostname").read_text(), p
+    start = next(json.loads(x) for x in Path(log).read_text().splitlines())
+    assert start["enforced"]["seccomp"]["promises"] == ["rpath", "stdio"]
+    lock = [json.loads(x) for x in Path(log).read_text().splitlines()][1]
+    assert lock["unveil"]["/etc/hostname"] == "r"
+    # The other side: writing needs wpath cpath, which the default does not promise.
+    target = tmp_path / "x"
+    p = sandbox("run", "-v", "@system:rx", "-v", str(tmp_path), "--audit-log", log, "--",
+                "touch", str(target))  # fmt: skip
+    assert p.returncode == 159 and "needs 'wpath cpath'" in p.stderr and not target.exists(), p
+    # Nothing unveiled at all: a usage error, not a run that cannot even exec its command.
+    p = sandbox("run", "--audit-log", log, "--", "/bin/true")
+    assert p.returncode == 2 and "nothing is unveiled" in p.stderr, p
+
+
+def test_inline_violation_modes(tmp_path: Path) -> None:
+    killed = inline(tmp_path, code=SOCKET)
+    assert killed.status == 159 and "socket: ok" not in killed.stdout, killed
+    errno_ = inline(tmp_path, "--violation", "errno", code=SOCKET)
+    assert (errno_.status, errno_.stdout) == (0, "socket: EPERM\nafter: True\n"), errno_
+    assert errno_.violations[0]["action"] == "errno"
+    logged = inline(tmp_path, "-p", "stdio rpath", "--violation=log", code=SOCKET)
+    assert logged.stdout.startswith("socket: ok"), logged
+    assert logged.violations[0]["action"] == "log"
+    bad = inline(tmp_path, "--violation", "kil", code="pass")
+    assert bad.status == 2 and "violation must be one of kill, errno, log" in bad.stderr, bad
+    assert "did you mean 'kill'" in bad.stderr and bad.records == []
+
+
+def test_inline_limits_are_checked_by_the_loaders_rules(tmp_path: Path) -> None:
+    slow = "import time\ntime.sleep(30)\nprint('done')"
+    r = inline(tmp_path, "--limit", "wall=1s", code=slow)
+    assert r.status != 0 and "wall-clock limit of 1s reached" in r.stderr and r.stdout == "", r
+    fast = inline(tmp_path, "--limit", "wall=1m", "--limit", "files=64", code="print('done')")
+    assert (fast.status, fast.stdout) == (0, "done\n"), fast
+    assert fast.records[0]["enforced"]["rlimits"] == {"7": 64}  # RLIMIT_NOFILE
+    for spec, message in (
+        ("memory=5x", "limits.memory: '5x' has an unknown size unit 'x'"),
+        ("bogus=1", "unknown key 'bogus' in limits"),
+        ("processes=0", "limits.processes must be between 1 and"),
+        ("files=0x10", "must be a whole number in decimal"),
+        ("wall", "expected KEY=VALUE"),
+    ):
+        bad = inline(tmp_path, "--limit", spec, code="pass")
+        assert bad.status == 2 and message in bad.stderr and bad.records == [], (spec, bad)
+
+
+def test_inline_env(tmp_path: Path) -> None:
+    show = "import os\nprint(os.environ.get('GREETING'), os.environ.get('FROM_PARENT'))"
+    env = dict(os.environ, FROM_PARENT="inherited")
+    plain = inline(tmp_path, code=show, env=env)
+    assert plain.stdout == "None None\n", plain  # neither reaches the agent by default
+    r = inline(tmp_path, "--env", "GREETING=hello world", "--env", "FROM_PARENT", code=show,
+               env=env)  # fmt: skip
+    assert (r.status, r.stdout) == (0, "hello world inherited\n"), r
+    for spec in ("1BAD=x", "A-B", "=x"):
+        bad = inline(tmp_path, "--env", spec, code="pass")
+        assert bad.status == 2 and bad.stderr.startswith("sandbox: --env"), (spec, bad)
+
+
+CONNECT = """
+import socket, sys
+for port in map(int, sys.argv[1:]):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()
+        print(port, "ok", flush=True)
+    except OSError as e:
+        print(port, e.errno, flush=True)
+"""
+
+
+def test_inline_connect_and_bind(tmp_path: Path) -> None:
+    servers = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+    a, b = (s.getsockname()[1] for s in servers)
+    script = tmp_path / "c.py"
+    script.write_text(CONNECT)
+    log = str(tmp_path / "a.jsonl")
+
+    def run(*flags: str) -> subprocess.CompletedProcess[str]:
+        return sandbox("run", *PYTHON_VIEW, "-v", str(tmp_path), *flags, "--audit-log", log,
+                       "--", sys.executable, str(script), str(a), str(b))  # fmt: skip
+
+    try:
+        p = run("-p", "stdio rpath inet", "--connect", str(a))
+        assert p.stdout.splitlines() == [f"{a} ok", f"{b} 13"], p  # Landlock: EACCES
+        p = run("-p", "stdio rpath inet")
+        assert p.stdout.splitlines() == [f"{a} ok", f"{b} ok"], p  # inet alone: any port
+        p = run("--connect", str(a))
+        assert p.returncode == 2 and "need the promise 'inet'" in p.stderr, p
+        for bad in ("70000", "http", "-1"):
+            p = run("-p", "stdio rpath inet", "--connect", bad)
+            assert p.returncode == 2 and "--connect" in p.stderr, (bad, p)
+    finally:
+        for s in servers:
+            s.close()
+    binder = (
+        "import socket, sys\n"
+        "for port in map(int, sys.argv[1:]):\n"
+        "    s = socket.socket()\n"
+        "    try:\n"
+        "        s.bind(('127.0.0.1', port)); print(port, 'bound')\n"
+        "    except OSError as e:\n"
+        "        print(port, e.errno)\n"
+    )
+    free = [socket.socket() for _ in range(2)]
+    for s in free:
+        s.bind(("127.0.0.1", 0))
+    ports = [str(s.getsockname()[1]) for s in free]
+    for s in free:
+        s.close()
+    r = subprocess.run(
+        [*SANDBOX, "run", *PYTHON_VIEW, "-p", "stdio rpath inet", "--bind", ports[0],
+         "--audit-log", log, "--", sys.executable, "-c", binder, *ports],
+        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=GUARD,
+    )  # fmt: skip
+    assert r.stdout.splitlines() == [f"{ports[0]} bound", f"{ports[1]} 13"], r
+
+
+def test_inline_user(tmp_path: Path) -> None:
+    bad = inline(tmp_path, "--user", "no-such-user-here", code="pass")
+    assert bad.status == 2 and "is not in the passwd database" in bad.stderr, bad
+    if os.geteuid() != 0:
+        pytest.skip("--user needs the launcher to be root")
+    import pwd
+
+    try:
+        uid = pwd.getpwnam("sandboxtest").pw_uid
+    except KeyError:
+        pytest.skip("the test user sandboxtest does not exist (ci/setup creates it)")
+    # The launcher's own Python may not be readable by that user: run a system program.
+    log = str(tmp_path / "u.jsonl")
+    argv = ["run", "-v", "@system:rx", "--audit-log", log, "--", "id", "-u"]
+    r = sandbox(*argv[:1], "--user", "sandboxtest", *argv[1:])
+    assert (r.returncode, r.stdout) == (0, f"{uid}\n"), r
+    assert sandbox(*argv).stdout == "0\n"
+
+
+def test_inline_best_effort(tmp_path: Path) -> None:
+    if kernel_landlock_abi() >= 9:
+        pytest.skip("this kernel enforces 'unix' (Landlock ABI 9): nothing is missing")
+    refused = inline(tmp_path, "-p", "stdio rpath unix", code="print('ran')")
+    assert refused.status == 3 and "resolve_unix" in refused.stderr and refused.stdout == ""
+    ran = inline(tmp_path, "-p", "stdio rpath unix", "--best-effort", code="print('ran')")
+    assert (ran.status, ran.stdout) == (0, "ran\n"), ran
+    assert any("resolve_unix" in x for x in ran.records[0]["enforced"]["not_enforced"])
+
+
+def test_inline_flags_only_narrow_a_policy(tmp_path: Path) -> None:
+    pol = write_policy(
+        tmp_path,
+        policy("bounded", "stdio rpath inet", network={"connect": [443], "bind": []},
+               limits={"wall": "10m", "files": 256}),
+        "bounded",
+    )  # fmt: skip
+    log = str(tmp_path / "a.jsonl")
+    ok = sandbox("run", pol, "--limit", "wall=30s", "--violation", "errno", "--connect", "443",
+                 "--audit-log", log, "--", *py("print('ok')"))  # fmt: skip
+    assert (ok.returncode, ok.stdout) == (0, "ok\n"), ok
+    before = Path(log).read_text()
+    for flags, message in (
+        (["--limit", "wall=1h"], "allows at most 600 s; --limit can only lower it"),
+        (["--limit", "files=1024"], "allows at most 256; --limit can only lower it"),
+        (["--connect", "80"], "allows only [443]; --connect can only narrow it"),
+        (["--bind", "8080"], "allows only no ports; --bind can only narrow it"),
+        (["--violation", "log"], "--violation log lets refused calls run"),
+    ):
+        p = sandbox("run", pol, *flags, "--audit-log", log, "--", *py("print('ok')"))
+        assert p.returncode == 2 and message in p.stderr, (flags, p)
+    assert Path(log).read_text() == before, "a refused run writes no record"
+
+
+def test_fuzz_inline_flag_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--limit, --env, --connect values: a usage error (exit 2) or what the loader's unit
+    parsers give, never anything else (seeded, bounded)."""
+    import random
+
+    from sandbox.errors import UsageError
+    from sandbox.policy import units
+    from sandbox.policy.narrow import Flags, apply_flags
+
+    monkeypatch.chdir(tmp_path)
+    rng = random.Random(1201)
+    keys = ["memory", "cpu", "wall", "processes", "files", "file_size", "bogus", "", "MEMORY"]
+    chars = "0123456789.kKmMgGiIbBsShdD -_xX\0\n:="
+    for _ in range(600):
+        key = rng.choice(keys)
+        value = "".join(rng.choice(chars) for _ in range(rng.randint(0, 8)))
+        try:
+            p = apply_flags(None, Flags(unveils=["/usr:r"], limits=[f"{key}={value}"]))
+        except UsageError as e:
+            assert e.exit_status == 2 and str(e).startswith("--limit")
+            continue
+        got = getattr(p.limits, key)
+        if key in ("memory", "file_size"):
+            assert got == units.parse_size(value.strip() if value.strip().isdigit() else value)
+        elif key == "wall":
+            assert got == units.parse_duration(value) and got > 0
+        elif key == "cpu":
+            assert got >= 1 and got >= units.parse_duration(value)
+        else:
+            assert got == int(value) and got >= 1
+    names = ["A", "_x", "1A", "A B", "PATH", "é", "", "A\0"]
+    for _ in range(300):
+        spec = rng.choice(names) + rng.choice(["", "=", "=v", "=\n", "=a=b", "=\0"])
+        try:
+            p = apply_flags(None, Flags(unveils=["/usr:r"], env=[spec]))
+        except UsageError as e:
+            assert e.exit_status == 2 and str(e).startswith("--env")
+            continue
+        name, eq, value = spec.partition("=")
+        assert (name in p.env.set and p.env.set[name] == value) if eq else name in p.env.keep
+    for _ in range(300):
+        port = rng.choice(["443", "0", "65535", "65536", "-1", "08", "1e3", " 80", "x", ""])
+        try:
+            p = apply_flags(None, Flags(promises="stdio inet", unveils=["/usr:r"], connect=[port]))
+        except UsageError as e:
+            assert e.exit_status == 2
+            continue
+        assert p.network is not None and p.network.connect == (int(port),)
+        assert 0 <= int(port) <= 65535
+
+
+# --------------------------------------------------------------------------- CLI conventions
+
+
+def test_version() -> None:
+    from sandbox import __version__
+
+    for exe in ([CONSOLE_SCRIPT], SANDBOX):
+        p = sandbox("--version", exe=exe)
+        assert (p.returncode, p.stdout) == (0, f"sandbox (outheis-sandbox) {__version__}\n"), p
+
+
+def _commands() -> list[list[str]]:
+    import typer.main
+
+    from sandbox.cli.commands import app
+
+    out: list[list[str]] = []
+
+    def walk(group: Any, prefix: list[str]) -> None:
+        for name, cmd in group.commands.items():
+            out.append([*prefix, name])
+            if hasattr(cmd, "commands"):
+                walk(cmd, [*prefix, name])
+
+    walk(typer.main.get_command(app), [])
+    return out
+
+
+def test_every_command_help_has_an_example() -> None:
+    commands = _commands()
+    assert ["learn"] in commands and ["export"] in commands and ["audit", "show"] in commands
+    for cmd in [[], *commands]:
+        p = sandbox(*cmd, "--help")
+        assert p.returncode == 0, (cmd, p)
+        assert "Examples:" in p.stdout and "sandbox " in p.stdout.split("Examples:")[1], (cmd, p)
+    # run --help is the hand-written usage of the fast path; it says how -v narrows.
+    run_help = sandbox("run", "--help").stdout
+    assert "Examples:" in run_help and "narrows the entry that decides DIR" in run_help
+
+
+def test_shell_completion() -> None:
+    p = sandbox("--show-completion", "bash", exe=[CONSOLE_SCRIPT])
+    assert p.returncode == 0 and "_SANDBOX_COMPLETE=complete_bash" in p.stdout, p
+    env = dict(os.environ, _SANDBOX_COMPLETE="complete_bash", COMP_WORDS="sandbox ex",
+               COMP_CWORD="1", PYTHONPATH=str(REPO))  # fmt: skip
+    c = subprocess.run([CONSOLE_SCRIPT], capture_output=True, text=True, env=env, timeout=GUARD)
+    assert c.stdout.split() == ["explain", "export"], c
+    env["COMP_WORDS"], env["COMP_CWORD"] = "sandbox audit show x --ki", "4"
+    c = subprocess.run([CONSOLE_SCRIPT], capture_output=True, text=True, env=env, timeout=GUARD)
+    assert c.stdout.split() == ["--kind"], c
+
+
+def test_audit_show_kind_must_be_known(tmp_path: Path) -> None:
+    log = two_agents_log(tmp_path)
+    p = sandbox("audit", "show", log, "--kind", "bogus")
+    assert p.returncode == 2 and p.stdout == "", p
+    assert "unknown kind 'bogus' (known: start, lock, violation, op, exit" in p.stderr, p
+    p = sandbox("audit", "show", log, "--kind", "violatoin")
+    assert p.returncode == 2 and "did you mean 'violation'" in p.stderr, p
+
+
+def test_audit_show_since_and_until(tmp_path: Path) -> None:
+    log = two_agents_log(tmp_path)
+    recs = [json.loads(x) for x in Path(log).read_text().splitlines()]
+
+    def seqs(*args: str) -> list[int]:
+        p = sandbox("audit", "show", log, "--json", *args)
+        assert p.returncode == 0, p
+        return [json.loads(x)["seq"] for x in p.stdout.splitlines()]
+
+    every = [r["seq"] for r in recs]
+    assert seqs("--since", "1h") == every and seqs("--since", "10m ago") == every
+    assert seqs("--until", "1h") == [] and seqs("--since", "2000-01-01") == every
+    third = recs[2]["time"]
+    assert seqs("--since", third) == every[2:]
+    assert seqs("--until", third) == every[:2]
+    assert seqs("--since", recs[1]["time"], "--until", third, "--agent", "alpha") == [2]
+    naive = third.removesuffix("Z")  # no offset: UTC
+    assert seqs("--since", naive) == every[2:]
+    text = sandbox("audit", "show", log, "--since", third, "--kind", "exit")
+    assert text.returncode == 0 and text.stdout.count(" exit ") == 2, text
+    for bad in ("yesterday-ish", "10parsecs", "2026-13-45"):
+        p = sandbox("audit", "show", log, "--since", bad)
+        assert p.returncode == 2 and "--since" in p.stderr, (bad, p)
+    p = sandbox("audit", "show", log, "--since", third, "--until", recs[0]["time"])
+    assert p.returncode == 2 and "--until must be later than --since" in p.stderr, p
+
+
+WRITER = """
+import sys, time
+from sandbox.parent.audit import AuditLog
+log, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with AuditLog(log, name) as a:
+    for i in range(n):
+        a.record("exit", pid=i, status=0)
+"""
+
+
+def test_audit_show_follow_sees_every_record_of_several_writers(tmp_path: Path) -> None:
+    import selectors
+    import time
+
+    log = two_agents_log(tmp_path)  # 7 records already
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    follower = subprocess.Popen(
+        [*SANDBOX, "audit", "show", log, "--follow", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert follower.stdout is not None
+    lines: list[str] = []
+    fd = follower.stdout.fileno()
+    os.set_blocking(fd, False)
+    pending = b""
+
+    def read_until(count: int) -> None:
+        # Raw reads: a buffered readline would hide lines already read from the pipe.
+        nonlocal pending
+        sel = selectors.DefaultSelector()
+        sel.register(fd, selectors.EVENT_READ)
+        deadline = time.monotonic() + GUARD  # a guard against a hang, not a timing check
+        while len(lines) < count and time.monotonic() < deadline:
+            if not sel.select(1.0):
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            *done, pending = (pending + chunk).split(b"\n")
+            lines.extend(x.decode() for x in done)
+        sel.close()
+
+    try:
+        read_until(7)  # what was there already (fewer than the ten shown before following)
+        writers = [
+            subprocess.Popen([sys.executable, "-c", WRITER, log, name, "150"], env=env)
+            for name in ("w1", "w2", "w3")
+        ]
+        for w in writers:
+            assert w.wait(timeout=GUARD) == 0
+        read_until(7 + 450)
+        follower.send_signal(signal.SIGINT)
+        _, raw_err = follower.communicate(timeout=GUARD)
+        err = raw_err.decode()
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 0 and "Traceback" not in err, err
+    seqs = [json.loads(x)["seq"] for x in lines]
+    assert seqs == list(range(1, 7 + 450 + 1)), seqs[:20]
+    assert sorted(json.loads(x)["agent"] for x in lines[7:]).count("w2") == 150
+    assert verify(log).ok
+
+
+def test_audit_show_follow_starts_with_the_last_ten(tmp_path: Path) -> None:
+    log = tmp_path / "many.jsonl"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    subprocess.run([sys.executable, "-c", WRITER, str(log), "many", "25"], env=env, check=True)
+    follower = subprocess.Popen(
+        [*SANDBOX, "audit", "show", str(log), "-f", "--json", "--kind", "exit"],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert follower.stdout is not None
+    got = [follower.stdout.readline() for _ in range(10)]
+    follower.send_signal(signal.SIGINT)
+    follower.communicate(timeout=GUARD)
+    assert [json.loads(x)["seq"] for x in got] == list(range(16, 26))
+    assert follower.returncode == 0
+
+
+def test_doctor_policy_exits_non_zero_when_not_fully_enforceable(tmp_path: Path) -> None:
+    ok = write_policy(tmp_path, policy("fine"), "fine")
+    p = sandbox("doctor", ok)
+    assert p.returncode == 0 and "fully enforceable" in p.stdout, p
+    if kernel_landlock_abi() >= 9:
+        pytest.skip("this kernel enforces every mechanism a policy can ask for")
+    needy = write_policy(tmp_path, policy("needy", "stdio rpath unix"), "needy")
+    p = sandbox("doctor", needy)
+    assert p.returncode == 1 and "resolve_unix" in p.stdout, p
+    p = sandbox("doctor", needy, "--json")
+    assert p.returncode == 1 and json.loads(p.stdout)["lost_under_best_effort"], p

@@ -38,7 +38,7 @@ from sandbox.enforce.kernel import Features, probe
 from sandbox.enforce.plan import Plan, compile_plan
 from sandbox.errors import PolicyError, SetupError, UsageError
 from sandbox.policy.model import Env, Limits, Policy
-from sandbox.tools.observe import Learner, Observations, stdio_fast_rules
+from sandbox.tools.observe import Learner, Observations, is_never, stdio_fast_rules
 from sandbox.tools.propose import Proposal, propose, render
 
 WARNING = (
@@ -244,9 +244,18 @@ def _small_enough(cwd: str) -> bool:
 
 @dataclass
 class Trial:
-    ok: bool
     status: int
+    stdout: str
+    stderr: str
     refusal: str  # the first refusal recorded, or the program's last error line
+
+    def same_as(self, other: Trial) -> bool:
+        """The run went as `other` did: same status and output, nothing refused."""
+        return not self.refusal and (self.status, self.stdout, self.stderr) == (
+            other.status,
+            other.stdout,
+            other.stderr,
+        )
 
 
 def try_policy(text: str, command: Sequence[str], cwd: str, expect: int) -> Trial:
@@ -261,8 +270,7 @@ def try_policy(text: str, command: Sequence[str], cwd: str, expect: int) -> Tria
             [*argv, "--", *command],
             cwd=cwd,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            capture_output=True,
             text=True,
             errors="replace",
             check=False,
@@ -281,15 +289,15 @@ def try_policy(text: str, command: Sequence[str], cwd: str, expect: int) -> Tria
             pass
         if not refusal and proc.returncode != expect:
             lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-            refusal = lines[-1] if lines else ""
-        return Trial(proc.returncode == expect and not refusal, proc.returncode, refusal)
+            refusal = lines[-1] if lines else f"exit status {proc.returncode}"
+        return Trial(proc.returncode, proc.stdout, proc.stderr, refusal)
 
 
 def variants(p: Proposal) -> list[tuple[tuple[str, str], Proposal]]:
     """The proposal without one line each: (the line's key, the proposal without it)."""
     out: list[tuple[tuple[str, str], Proposal]] = []
     execp = p.execpromises or frozenset()
-    for promise in sorted(p.pledge - {"stdio"} - execp):
+    for promise in sorted(p.pledge - {"stdio"}):
         out.append((("pledge", promise), dataclasses.replace(p, pledge=p.pledge - {promise})))
     for promise in sorted(execp - {"stdio"}):
         out.append(
@@ -308,11 +316,17 @@ def variants(p: Proposal) -> list[tuple[tuple[str, str], Proposal]]:
 
 
 def trim(p: Proposal, command: Sequence[str], work: WorkCopy, expect: int) -> Proposal:
-    """Mark the lines the run does not need: run once without each."""
+    """Mark the lines the run does not need: run once with the whole policy, then once
+    without each line; a line is optional where the run goes exactly as with it (status,
+    output and errors; a pipeline's status alone hides a failing stage)."""
+    reference = try_policy(render(p), command, work.fresh(), expect)
+    if reference.refusal:
+        _say(f"sandbox learn: --trim: the policy itself does not work: {reference.refusal}")
+        return p
     marked = dict(p.reasons)
     for key, without in variants(p):
-        if try_policy(render(without), command, work.fresh(), expect).ok:
-            marked[key] = OPTIONAL + "the run succeeds without it; " + marked.get(key, "")
+        if try_policy(render(without), command, work.fresh(), expect).same_as(reference):
+            marked[key] = OPTIONAL + "the run goes the same without it; " + marked.get(key, "")
     return dataclasses.replace(p, reasons=marked)
 
 
@@ -367,9 +381,6 @@ def learn(
             env_keep=[n for n in env.keep if n not in Env().keep],
             env_set=dict(env.set),
         )
-        if obs.refused and use.status == 0:
-            # The run coped with EPERM for calls no policy allows: errno keeps it so.
-            p = dataclasses.replace(p, violation="errno")
         p.header.extend(_header(command, cwd, use, obs, p))
         text = render(p)
         try:
@@ -383,7 +394,13 @@ def learn(
         for r in missing:
             _say(f"sandbox learn: this machine cannot enforce {r.name}: {r.missing}")
         for call in obs.refused:
-            _say(f"sandbox learn: {call.text} by {call.who}: no promise allows it")
+            # The parent kills for a call no promise allows whatever the penalty, as for the
+            # never-allowed ones: no policy can let this run through.
+            what = "is never allowed" if is_never(call.name, call.args) else "no promise allows it"
+            _say(
+                f"sandbox learn: {call.text} by {call.who}: {what}; under any policy the "
+                "program is killed there (while learning it failed with EPERM)"
+            )
         for path in p.unexpressible:
             _say(f"sandbox learn: {path}: no unveil can name it (a /proc path of the agent)")
         if use.status != 0:
@@ -396,8 +413,8 @@ def learn(
         _write(result.text, out)
         if verify and work is not None:
             trial = try_policy(result.text, command, work.fresh(), use.status)
-            result.verified = trial.ok
-            if trial.ok:
+            result.verified = not trial.refusal
+            if result.verified:
                 result.verify_message = (
                     f"sandbox learn: verified: the command exits {trial.status} under the "
                     "learned policy, with no refusal"

@@ -63,6 +63,9 @@ class Call:
     dns: bool  # a connect/sendto to a nameserver on port 53 over UDP (the 'dns' rows)
     text: str  # the call as people read it, for comments
     who: str  # "comm[pid]"
+    # Promises of which the policy needs one, beyond what the filter sees: connect() looks
+    # the same to seccomp for TCP and a unix socket, but means 'inet' or 'unix'.
+    needs_any: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -324,8 +327,8 @@ class Learner(Supervisor):
         else:
             try:
                 answer = self._observe(n, name, args)
-            except (OSError, ValueError, OverflowError) as e:  # a record lost, never the run
-                self.obs.notes.append(f"{name}: not recorded ({e})")
+            except Exception as e:  # a record lost, never the run: the call is answered
+                self.obs.notes.append(f"{name}: not recorded ({e!r})")
         if answer == "continue":
             # CONTINUE after reading the agent's memory: only because learning enforces
             # nothing (module docstring). The enforcing parent never does this.
@@ -350,7 +353,18 @@ class Learner(Supervisor):
             self.execd.add(tgid)  # before the exec runs, as the enforcing parent does
         if outcome == "continue" and name in ("clone", "fork", "vfork"):
             obs.tasks += 1
-        key = (name, _signature(name, args, self_pid), self_pid is not None, execd, outcome, dns)
+        needs_any = (
+            self._family_needs(n.pid, name, args, dns) if name in FAMILY_CALLS else frozenset()
+        )
+        key = (
+            name,
+            _signature(name, args, self_pid),
+            self_pid is not None,
+            execd,
+            outcome,
+            dns,
+            needs_any,
+        )
         first = key not in self._seen
         text = ""
         if first or name in PATH_CALLS or name in ("connect", "bind"):
@@ -358,7 +372,7 @@ class Learner(Supervisor):
         who = f"{_comm(n.pid)}[{n.pid}]"
         if first and len(self._seen) < MAX_CALLS:
             self._seen.add(key)
-            call = Call(name, args, self_pid, execd, outcome, dns, text, who)
+            call = Call(name, args, self_pid, execd, outcome, dns, text, who, needs_any)
             obs.calls.append(call)
             if outcome == "eperm":
                 obs.refused.append(call)
@@ -432,6 +446,28 @@ class Learner(Supervisor):
 
     # -- addresses
 
+    def _family_needs(
+        self, pid: int, name: str, args: tuple[int, ...], dns: bool
+    ) -> frozenset[str]:
+        """The promises one of which this socket call means, by the socket's family."""
+        family: int | None = None
+        addr = {"connect": (1, 2), "bind": (1, 2), "sendto": (4, 5)}.get(name)
+        if addr is not None and args[addr[0]]:
+            raw = _sockaddr(pid, args[addr[0]], args[addr[1]])
+            if raw is not None and len(raw) >= 2:
+                family = struct.unpack_from("=H", raw)[0]
+        if family is None:
+            kind = _socket_of(pid, args[0] & 0xFFFFFFFF)
+            family = None if kind is None else kind[0]
+        if family == socket.AF_UNIX:
+            return frozenset({"unix"})
+        if family in (socket.AF_INET, socket.AF_INET6):
+            # An address in the call: TCP or UDP to it (dns only for a nameserver's port 53);
+            # a call on a socket already made: either promise that makes such sockets.
+            plain = dns or name not in ADDRESS_CALLS
+            return frozenset({"inet", "dns"} if plain else {"inet"})
+        return frozenset()
+
     def _is_dns(self, pid: int, name: str, args: tuple[int, ...]) -> bool:
         addr, length = (args[1], args[2]) if name == "connect" else (args[4], args[5])
         raw = _sockaddr(pid, addr, length)
@@ -468,6 +504,11 @@ class Learner(Supervisor):
         port = struct.unpack_from("!H", raw, 2)[0]
         table = self.obs.connect if name == "connect" else self.obs.bind
         table.setdefault(port, text)
+
+
+# Socket calls whose meaning depends on the socket's family (see Call.needs_any).
+FAMILY_CALLS = frozenset({"connect", "bind", "listen", "accept", "accept4", "sendto", "setsockopt"})
+ADDRESS_CALLS = frozenset({"connect", "bind", "sendto"})
 
 
 def stdio_fast_rules() -> list[Rule]:

@@ -99,6 +99,8 @@ def _rules(promises: frozenset[str]) -> tuple[Rule, ...]:
 
 def decided(call: Call, promises: frozenset[str]) -> bool:
     """Would a policy with `promises` decide `call` as the learning run did?"""
+    if call.needs_any and not call.needs_any & promises:
+        return False
     rule = match(_rules(promises), call.name, call.args, self_pid=call.self_pid)
     if rule is None:
         return False
