@@ -871,3 +871,37 @@ def test_doctor_policy_exits_non_zero_when_not_fully_enforceable(tmp_path: Path)
     assert p.returncode == 1 and "resolve_unix" in p.stdout, p
     p = sandbox("doctor", needy, "--json")
     assert p.returncode == 1 and json.loads(p.stdout)["lost_under_best_effort"], p
+
+
+def test_execpromises_without_exec_stop_exec_d_programs_from_executing(tmp_path: Path) -> None:
+    # sh (the command) runs env, which runs true: env is an exec'd program, under
+    # execpromises; without 'exec' in them it cannot execute true.
+    log = str(tmp_path / "a.jsonl")
+    command = ["--", "/bin/sh", "-c", "/usr/bin/env /usr/bin/true && echo ran"]
+
+    def run(execpromises: str | None) -> subprocess.CompletedProcess[str]:
+        extra = {} if execpromises is None else {"execpromises": execpromises}
+        body = {"version": 1, "name": "chain", "pledge": "stdio rpath proc exec",
+                "unveil": {"@system": "rx"}, **extra}  # fmt: skip
+        pol = write_policy(tmp_path, body, f"chain-{execpromises}".replace(" ", "-"))
+        return sandbox("run", pol, "--audit-log", log, *command)
+
+    assert run(None).stdout == "ran\n"
+    assert run("stdio rpath proc exec").stdout == "ran\n"
+    refused = run("stdio rpath proc")
+    assert refused.returncode == 159 and refused.stdout == "", refused
+    assert "execve" in refused.stderr and "not in execpromises" in refused.stderr, refused
+
+
+def test_check_takes_parameters(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    pol = tmp_path / "p.yaml"
+    pol.write_text(
+        'version: 1\nparams: {DATA: "the data"}\npledge: stdio\nunveil: {"${DATA}": r}\n'
+    )
+    p = sandbox("check", str(pol))
+    assert p.returncode == 2 and "parameter DATA has no default" in p.stderr, p
+    p = sandbox("check", str(pol), "--set", f"DATA={tmp_path / 'data'}")
+    assert (p.returncode, p.stderr) == (0, ""), p
+    p = sandbox("check", str(pol), "--set", f"DATA={tmp_path / 'nope'}")
+    assert p.returncode == 2 and "does not exist" in p.stderr, p
