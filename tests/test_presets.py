@@ -445,3 +445,18 @@ def test_fuzz_params_sections(tmp_path: Path) -> None:
             continue
         for q in p.params:
             assert params.NAME_RE.fullmatch(q.name) and q.value
+
+
+def test_readonly_tool_as_the_unprivileged_user(tmp_path: Path) -> None:
+    from progs.asuser import PY as VENV_PY
+    from progs.asuser import as_user
+
+    u = as_user(tmp_path)
+    u.write("src/deep/a.txt", "find the needle\n")
+    argv = [VENV_PY, "-m", "sandbox", "run", "--preset", "readonly-tool", "--audit-log",
+            "a.jsonl", "--"]  # fmt: skip
+    r = u.run([*argv, "grep", "-r", "needle", "src"])
+    assert (r.returncode, r.stdout) == (0, "src/deep/a.txt:find the needle\n"), r
+    r = u.run([*argv, "touch", "new.txt"])
+    assert r.returncode == 159 and not u.path("new.txt").exists(), r
+    assert u.run(["touch", "new.txt"]).returncode == 0  # the user may, without the preset

@@ -381,6 +381,10 @@ def learn(
             env_keep=[n for n in env.keep if n not in Env().keep],
             env_set=dict(env.set),
         )
+        if obs.refused and use.status == 0:
+            # The run coped with EPERM for the calls no promise allows; under `errno` the
+            # parent fails them so too (never performed), under `kill` it would end the run.
+            p = dataclasses.replace(p, violation="errno")
         p.header.extend(_header(command, cwd, use, obs, p))
         text = render(p)
         try:
@@ -394,12 +398,12 @@ def learn(
         for r in missing:
             _say(f"sandbox learn: this machine cannot enforce {r.name}: {r.missing}")
         for call in obs.refused:
-            # The parent kills for a call no promise allows whatever the penalty, as for the
-            # never-allowed ones: no policy can let this run through.
+            # No policy lets such a call through: the parent fails it with EPERM under
+            # violation: errno (as the learning run did) and ends the agent under kill.
             what = "is never allowed" if is_never(call.name, call.args) else "no promise allows it"
             _say(
-                f"sandbox learn: {call.text} by {call.who}: {what}; under any policy the "
-                "program is killed there (while learning it failed with EPERM)"
+                f"sandbox learn: {call.text} by {call.who}: {what}; it failed with EPERM "
+                f"while learning, as under violation: errno (under kill the agent is ended)"
             )
         for path in p.unexpressible:
             _say(f"sandbox learn: {path}: no unveil can name it (a /proc path of the agent)")
