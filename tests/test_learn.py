@@ -10,18 +10,16 @@ that is checked too). And what the run did not do stays refused.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from progs.snippets import audit_records, tcp_servers
+from progs.snippets import sandbox_cli as sandbox
 
 from sandbox.enforce.promises import promise_for
 from sandbox.tools import observe, propose
@@ -31,27 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 GUARD = 180.0
 PY = "/usr/bin/python3"
 GIT_ID = ["-c", "user.name=A U Thor", "-c", "user.email=author@example.org"]
-
-
-def sandbox(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    full = dict(env or os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-m", "sandbox", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=full,
-        timeout=GUARD,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def records(log: Path) -> list[dict[str, object]]:
-    if not log.exists():
-        return []
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
 @dataclass
@@ -241,7 +218,7 @@ def run_under(
     policy.write_text(text)
     log = d.parent / "run.jsonl"
     p = sandbox("run", str(policy), "--audit-log", str(log), cwd=d, env=env_for(home))
-    return p, records(log)
+    return p, audit_records(log)
 
 
 def removable(text: str) -> Iterator[tuple[int, str]]:
@@ -356,23 +333,6 @@ def test_verify_reports_success_and_the_first_refusal(tmp_path: Path, home: Path
 
 
 def test_learned_ports_and_what_stays_refused(tmp_path: Path, home: Path) -> None:
-    servers = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
-    ports = [s.getsockname()[1] for s in servers]
-    stop = threading.Event()
-
-    def serve(s: socket.socket) -> None:
-        s.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = s.accept()
-            except TimeoutError:
-                continue
-            conn.sendall(b"hi")
-            conn.close()
-
-    threads = [threading.Thread(target=serve, args=(s,), daemon=True) for s in servers]
-    for t in threads:
-        t.start()
     client = (
         "import socket, sys\n"
         "for port in sys.argv[1:]:\n"
@@ -382,7 +342,7 @@ def test_learned_ports_and_what_stays_refused(tmp_path: Path, home: Path) -> Non
         "    except OSError as e:\n"
         "        print(port, 'refused', e.errno, flush=True)\n"
     )
-    try:
+    with tcp_servers([0, 0], greeting=b"hi") as ports:
         d = tmp_path / "learn"
         d.mkdir()
         (d / "c.py").write_text(client)
@@ -393,20 +353,13 @@ def test_learned_ports_and_what_stays_refused(tmp_path: Path, home: Path) -> Non
         assert str(ports[1]) not in text
         # Under the learned policy the learned port works and the other is refused by
         # Landlock (EACCES); without the sandbox both work.
-        r, _ = run_under(
-            text.replace(f'"c.py", "{ports[0]}"]', f'"c.py", "{ports[0]}", "{ports[1]}"]'), d, home
-        )
+        both = text.replace(f'"c.py", "{ports[0]}"]', f'"c.py", "{ports[0]}", "{ports[1]}"]')
+        r, _ = run_under(both, d, home)
         assert r.stdout.splitlines() == [f"{ports[0]} hi", f"{ports[1]} refused 13"], (r, text)
         direct = subprocess.run(
             [PY, "c.py", *map(str, ports)], cwd=d, capture_output=True, text=True
         )
         assert direct.stdout.splitlines() == [f"{ports[0]} hi", f"{ports[1]} hi"], direct
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-        for s in servers:
-            s.close()
 
 
 def test_calls_no_promise_allows_are_named(tmp_path: Path, home: Path) -> None:

@@ -9,15 +9,15 @@ import json
 import os
 import random
 import shutil
-import socket
 import string
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import yaml
+from progs.snippets import audit_records, tcp_servers
+from progs.snippets import sandbox_cli as sandbox
 
 from sandbox import presets
 from sandbox.errors import PolicyError, UsageError
@@ -26,26 +26,6 @@ from sandbox.policy.loader import check_files, load_policy_text
 
 REPO = Path(__file__).resolve().parents[1]
 GUARD = 120.0
-
-
-def sandbox(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, pythonpath: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    full = dict(env or os.environ)
-    full["PYTHONPATH"] = pythonpath or str(REPO)
-    return subprocess.run(
-        [sys.executable, "-m", "sandbox", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=full,
-        timeout=GUARD,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def records(log: Path) -> list[dict[str, object]]:
-    return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
 
 
 @pytest.fixture
@@ -160,7 +140,7 @@ def test_v_narrows_the_entry_of_its_path_and_keeps_the_others(elsewhere: Path) -
     assert p.returncode == 2, p
     assert p.stdout == "src/deep/a.txt:find the needle\n"
     assert "other: Permission denied" in p.stderr
-    lock = next(r for r in records(log) if r["kind"] == "lock" and r.get("pid") == r.get("pid"))
+    lock = [r for r in audit_records(log) if r["kind"] == "lock"][-1]
     unveil = lock["unveil"]
     assert isinstance(unveil, dict)
     assert str(elsewhere / "src") in unveil and str(elsewhere) not in unveil
@@ -218,30 +198,6 @@ def test_python_no_network_runs_the_system_python_not_a_shim(elsewhere: Path) ->
 def test_fetcher_443_connects_to_443_only(elsewhere: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("binding port 443 for the test server needs root")
-    servers = []
-    for port in (443, 0):
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError as e:
-            pytest.skip(f"cannot bind 127.0.0.1:{port} for the test server: {e}")
-        s.listen()
-        servers.append(s)
-    other = servers[1].getsockname()[1]
-    stop = threading.Event()
-
-    def serve(s: socket.socket) -> None:
-        s.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                s.accept()[0].close()
-            except TimeoutError:
-                continue
-
-    threads = [threading.Thread(target=serve, args=(s,), daemon=True) for s in servers]
-    for t in threads:
-        t.start()
 
     def curl(port: int, sandboxed: bool) -> int:
         url = f"http://127.0.0.1:{port}/"
@@ -251,17 +207,18 @@ def test_fetcher_443_connects_to_443_only(elsewhere: Path) -> None:
         return subprocess.run(cmd, timeout=GUARD).returncode
 
     try:
+        servers = tcp_servers([443, 0])
+        _, other = servers.__enter__()
+    except OSError as e:
+        pytest.skip(f"cannot bind 127.0.0.1:443 for the test server: {e}")
+    try:
         # curl's 52/56: connected, but the test server answers nothing; 7: could not connect.
         connected = {52, 56}
         assert curl(443, sandboxed=True) in connected
         assert curl(other, sandboxed=True) == 7  # Landlock refused the TCP connect
         assert curl(other, sandboxed=False) in connected  # open without the sandbox
     finally:
-        stop.set()
-        for t in threads:
-            t.join()
-        for s in servers:
-            s.close()
+        servers.__exit__(None, None, None)
 
 
 def test_preset_from_an_installed_copy(tmp_path: Path, elsewhere: Path) -> None:

@@ -80,6 +80,9 @@ def _load(policy: str | None, preset: str | None, sets: list[str] | None) -> obj
     """A policy file or a preset, with its parameters (see sandbox.cli.main)."""
     from sandbox.cli.main import RunArgs, load_run_policy
 
+    if policy is None and preset is None:
+        print("sandbox: give a POLICY file or --preset NAME", file=sys.stderr)
+        raise typer.Exit(2)
     try:
         return load_run_policy(RunArgs(policy=policy, preset=preset, sets=list(sets or [])))
     except PolicyError as e:

@@ -368,6 +368,11 @@ def learn(
     env = env_from_flags(list(env_flags)) if env_flags else Env()
     cwd = os.path.realpath(os.getcwd())
     work = WorkCopy(cwd) if (verify or trim_lines) else None
+    if work is not None and not work.ok:
+        _say(
+            f"sandbox learn: {cwd} is larger than {MAX_COPY_BYTES >> 20} MiB or "
+            f"{MAX_COPY_FILES} files: --verify/--trim run in it, as the learning run left it"
+        )
     try:
         _say(WARNING.format(cmd=shlex.join(command)))
         obs, use = observe_run(command, audit_log, env=env, name=name, feats=feats)

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import socket
+import subprocess
 import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 # attempt(name, fn) prints {name: ["ok", value]} or {name: [errno, message]}, flushed.
@@ -37,3 +45,68 @@ def python_policy(name: str, pledge: str = "stdio rpath", **extra: Any) -> dict[
 
 def py(code: str) -> list[str]:
     return [sys.executable, "-c", code]
+
+
+def sandbox_cli(
+    *args: str,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    pythonpath: str | None = None,
+    timeout: float = 180.0,
+) -> subprocess.CompletedProcess[str]:
+    """`python -m sandbox ARGS` from this checkout (or `pythonpath`), stdin /dev/null."""
+    full = dict(env or os.environ)
+    full["PYTHONPATH"] = pythonpath or str(Path(__file__).resolve().parents[2])
+    return subprocess.run(
+        [sys.executable, "-m", "sandbox", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def audit_records(log: Path) -> list[dict[str, Any]]:
+    """The records of an audit log ([] if there is none)."""
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+@contextlib.contextmanager
+def tcp_servers(ports: Sequence[int], greeting: bytes = b"") -> Iterator[list[int]]:
+    """TCP servers on 127.0.0.1 (port 0: any free one), each accepting in a thread and
+    sending `greeting` before it closes; yields their ports."""
+    servers = []
+    for port in ports:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        servers.append(s)
+    stop = threading.Event()
+
+    def serve(s: socket.socket) -> None:
+        s.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = s.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                if greeting:
+                    conn.sendall(greeting)
+
+    threads = [threading.Thread(target=serve, args=(s,), daemon=True) for s in servers]
+    for t in threads:
+        t.start()
+    try:
+        yield [s.getsockname()[1] for s in servers]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        for s in servers:
+            s.close()
