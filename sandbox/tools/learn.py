@@ -250,12 +250,19 @@ class Trial:
     refusal: str  # the first refusal recorded, or the program's last error line
 
     def same_as(self, other: Trial) -> bool:
-        """The run went as `other` did: same status and output, nothing refused."""
-        return not self.refusal and (self.status, self.stdout, self.stderr) == (
+        """The run went as `other` did: same status and output, nothing refused. The
+        launcher's own lines ("sandbox: ...", such as the hints naming a path Landlock
+        refused, which depend on whether the kernel's audit is on) are not the program's."""
+        return not self.refusal and (self.status, self.stdout, program_errors(self.stderr)) == (
             other.status,
             other.stdout,
-            other.stderr,
+            program_errors(other.stderr),
         )
+
+
+def program_errors(stderr: str) -> str:
+    """`stderr` without the launcher's own lines."""
+    return "".join(ln for ln in stderr.splitlines(True) if not ln.startswith("sandbox: "))
 
 
 def try_policy(text: str, command: Sequence[str], cwd: str, expect: int) -> Trial:
