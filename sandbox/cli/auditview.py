@@ -157,8 +157,8 @@ def _follow(path: str, filt: Filter, as_json: bool) -> int:
                 for line in lines:
                     lineno += 1
                     record = audit._parse(line)
-                    if record is None:
-                        print(f"{path}:{lineno}: not a record; skipped", file=sys.stderr)
+                    if isinstance(record, str):  # why it is not a record
+                        print(f"{path}:{lineno}: {record}; skipped", file=sys.stderr)
                         continue
                     if filt.keep(record):
                         text = _render(line, record, as_json)

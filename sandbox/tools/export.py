@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sandbox.enforce.plan import effective_unveils
-from sandbox.enforce.promises import ALWAYS, describe_rule, rules_for
+from sandbox.enforce.promises import ALWAYS, UNSUPPORTED, describe_rule, rules_for
 from sandbox.enforce.rules import SELF_PID, Rule
 from sandbox.policy.model import Policy, perm_string
 
@@ -113,7 +113,7 @@ def oci(policy: Policy) -> Export:
         if any(a.value == SELF_PID for a in rule.args):
             dropped.append(describe_rule(rule))
             continue
-        if rule.action == "notify":
+        if rule.action == "notify" and rule.handler != "unsupported":
             dropped.append(describe_rule(rule))
             continue
         if rule.action == "enosys" and not rule.args:
@@ -122,6 +122,10 @@ def oci(policy: Policy) -> Export:
         entry: dict[str, object] = {"names": [rule.syscall]}
         if rule.action == "enosys":
             entry.update(action="SCMP_ACT_ERRNO", errnoRet=ENOSYS)
+        elif rule.action == "notify":
+            # The parent answers these with the errno of a kernel without the feature (TCP
+            # Fast Open, MPTCP); the profile can say the same.
+            entry.update(action="SCMP_ACT_ERRNO", errnoRet=UNSUPPORTED[rule.syscall][0])
         else:
             entry["action"] = "SCMP_ACT_ALLOW"
         if rule.args:

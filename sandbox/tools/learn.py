@@ -36,9 +36,10 @@ from dataclasses import dataclass
 
 from sandbox.enforce.kernel import Features, probe
 from sandbox.enforce.plan import Plan, compile_plan
+from sandbox.enforce.promises import never_allowed
 from sandbox.errors import PolicyError, SetupError, UsageError
 from sandbox.policy.model import Env, Limits, Policy
-from sandbox.tools.observe import Learner, Observations, is_never, stdio_fast_rules
+from sandbox.tools.observe import Learner, Observations, stdio_fast_rules
 from sandbox.tools.propose import Proposal, propose, render
 
 WARNING = (
@@ -412,7 +413,11 @@ def learn(
         for call in obs.refused:
             # No policy lets such a call through: the parent fails it with EPERM under
             # violation: errno (as the learning run did) and ends the agent under kill.
-            what = "is never allowed" if is_never(call.name, call.args) else "no promise allows it"
+            what = (
+                "is never allowed"
+                if never_allowed(call.name, call.args)
+                else "no promise allows it"
+            )
             _say(
                 f"sandbox learn: {call.text} by {call.who}: {what}; it failed with EPERM "
                 f"while learning, as under violation: errno (under kill the agent is ended)"

@@ -41,12 +41,15 @@ from sandbox import procfs
 from sandbox.enforce import seccomp
 from sandbox.enforce import syscalls as S
 from sandbox.enforce.plan import EXEC_SYSCALLS
-from sandbox.enforce.promises import NEVER, NEVER_ARGS, PROMISES
+from sandbox.enforce.promises import NEVER_ARGS, PROMISES, UNSUPPORTED, never_allowed
 from sandbox.enforce.rules import SELF_PID, Rule, rule_matches
 from sandbox.enforce.syscalls import decode_args, read_path
 from sandbox.parent.notify import Supervisor
 
-Outcome = Literal["continue", "enosys", "eperm"]
+Outcome = Literal["continue", "enosys", "eperm", "unsupported"]
+# Handlers of notify rows whose calls the enforcing parent performs itself after checking
+# them (sandbox.parent.notify PERFORMED): under the policy they happen, so they happen here.
+PERFORMED_HANDLERS = frozenset({"perform", "setid", "unix"})
 MAX_CALLS = 100_000  # distinct calls kept; a flood of distinct calls is not a program
 MAX_ACCESSES = 200_000
 
@@ -110,22 +113,23 @@ def _signature(name: str, args: Sequence[int], self_pid: int | None) -> tuple[bo
     return tuple(rows)
 
 
-def is_never(name: str, args: Sequence[int]) -> bool:
-    return name in NEVER or any(rule_matches(r, name, args) for r, _ in NEVER_ARGS)
-
-
 def outcome_of(name: str, args: Sequence[int], self_pid: int | None, dns: bool) -> Outcome:
     """What the learning run answers: ENOSYS where a promise answers so (libc's fallback is
-    what the policy will see), CONTINUE where some promise allows the call, else EPERM."""
-    if is_never(name, args):
+    what the policy will see), the errno of a kernel without the feature where the parent
+    answers so in every mode (UNSUPPORTED: TCP Fast Open, MPTCP), CONTINUE where some
+    promise allows the call or the parent performs it, else EPERM."""
+    if never_allowed(name, args):
         return "eperm"
     matching = [r for _, r in _rules_of(name) if rule_matches(r, name, args, self_pid)]
     if any(r.action == "enosys" for r in matching):
         return "enosys"
     if any(r.action == "allow" for r in matching):
         return "continue"
-    if dns and any(r.action == "notify" and r.handler == "dns" for r in matching):
+    handlers = {r.handler for r in matching if r.action == "notify"}
+    if handlers & PERFORMED_HANDLERS or (dns and "dns" in handlers):
         return "continue"
+    if "unsupported" in handlers:
+        return "unsupported"
     return "eperm"
 
 
@@ -334,8 +338,8 @@ class Learner(Supervisor):
             # nothing (module docstring). The enforcing parent never does this.
             seccomp.respond(self.listener, n.id, continue_=True)
         else:
-            code = errno.ENOSYS if answer == "enosys" else errno.EPERM
-            seccomp.respond(self.listener, n.id, error=code)
+            codes = {"enosys": errno.ENOSYS, "unsupported": UNSUPPORTED.get(name, (0,))[0]}
+            seccomp.respond(self.listener, n.id, error=codes.get(answer) or errno.EPERM)
 
     def _observe(self, n: seccomp.Notification, name: str, args: tuple[int, ...]) -> Outcome:
         obs = self.obs

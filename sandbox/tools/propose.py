@@ -16,8 +16,10 @@ directory where something is created or removed, rx on a program and its interpr
   hold on inodes: its letters go to its directory (which has c already).
 - Each letter is then folded on its own: a directory gets the letter where the run gave it
   to most of its entries (more than half, at least two); `/` never.
-- An entry keeps only the letters its enclosing entries do not already give (Landlock
-  grants the union), and files a promise brings (getpw: /etc/passwd, ...) are left out.
+- Each access's letters go to its closest entry (the closest decides, as in the parent's
+  checks of what it performs, in -v and in lock: agent; Landlock's union is never less);
+  an entry whose letters its enclosing entry has is dropped, and so are the files a
+  promise brings (getpw: /etc/passwd, ...).
 
 Nothing here runs anything: the result is data, rendered as YAML with a comment on each
 line naming the first call that needed it.
@@ -45,7 +47,7 @@ from sandbox.policy.model import (
     perm_string,
     unveil_beyond,
 )
-from sandbox.tools.observe import Access, Call, Observations
+from sandbox.tools.observe import PERFORMED_HANDLERS, Access, Call, Observations
 
 # What a promise grants, roughly: where two would decide a call, learn takes the lighter.
 # Promises not listed (new rows of the table) weigh DEFAULT_WEIGHT; tmppath, which is
@@ -106,9 +108,13 @@ def decided(call: Call, promises: frozenset[str]) -> bool:
         return False
     if call.outcome == "enosys":
         return rule.action in ("enosys", "allow")
+    if call.outcome == "unsupported":
+        return rule.action == "notify" and rule.handler == "unsupported"
     if rule.action == "allow":
         return True
-    return rule.action == "notify" and rule.handler == "dns" and call.dns
+    if rule.action != "notify":
+        return False
+    return rule.handler in PERFORMED_HANDLERS or (rule.handler == "dns" and call.dns)
 
 
 def solve(calls: Sequence[Call], forced: Iterable[str] = ()) -> frozenset[str]:
@@ -218,19 +224,24 @@ def unveil_entries(obs: Observations, pledge: frozenset[str]) -> tuple[list[Entr
     per_letter: dict[str, set[str]] = {}
     for letter in PERM_LETTERS:
         per_letter[letter] = _fold({p for p, ls in letters.items() if letter in ls})
-    combined: dict[str, set[str]] = defaultdict(set)
-    for letter, paths in per_letter.items():
-        for p in paths:
-            combined[p].add(letter)
-    # Landlock grants the union of enclosing rules: keep only what the enclosing ones lack.
+    # Each path an entry; the closest entry of each access gets the access's letters: the
+    # closest decides, as in the parent's checks of what it performs, -v and lock: agent
+    # (Landlock grants the union of enclosing rules, which is never less).
+    combined: dict[str, set[str]] = {p: set() for ps in per_letter.values() for p in ps}
+    by_depth = sorted(combined, key=lambda p: -p.count("/"))
+    for path, ls in letters.items():
+        closest = next(e for e in by_depth if path_within(path, e))
+        combined[closest] |= ls
+    # An entry whose letters its closest enclosing entry has adds nothing: dropped (deepest
+    # first, so what it decided goes to an entry that has them).
+    for p in by_depth:
+        above = next((e for e in by_depth if e != p and e in combined and path_within(p, e)), None)
+        if above is not None and combined[p] <= combined[above]:
+            del combined[p]
     implied = effective_unveils(Policy(name="learned", pledge=pledge))
     out: list[Entry] = []
     for p in sorted(combined):
-        above: set[str] = set()
-        for q, ls in combined.items():
-            if q != p and path_within(p, q):
-                above |= ls
-        own = combined[p] - above
+        own = combined[p]
         if not own or unveil_beyond(p, own, implied) is None:
             continue
         out.append(Entry(p, perm_string(own), _reason(obs.accesses, p, own)))
