@@ -160,7 +160,9 @@ def apply_flags(base: Policy | None, flags: Flags) -> Policy:
     unveil_list = list(merged.values())
     if base is None:
         pledge, _ = _parse_cli_promises(flags.promises or DEFAULT_PROMISES, None)
-        if not unveil_list:
+        if not unveil_list and flags.promises is None:
+            # Neither a policy nor -p nor -v: almost surely a mistake (the command could not
+            # even be executed). With -p, an empty view is what was asked for.
             raise UsageError(
                 "nothing is unveiled: give a POLICY file, or paths with -v (e.g. -v /usr:rx); "
                 "without them the command cannot even be executed"
