@@ -12,12 +12,8 @@ from typing import Annotated
 
 import typer
 
+from sandbox.cli import examples as _examples
 from sandbox.errors import PolicyError, UsageError
-
-
-def _examples(*lines: str) -> str:
-    # "\b" keeps click from re-wrapping the lines of the block that follows it.
-    return "Examples:\n\n\b\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def _version(value: bool) -> None:

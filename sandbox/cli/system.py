@@ -13,10 +13,15 @@ from typing import Annotated, Any
 
 import typer
 
+from sandbox.cli import examples as _examples
 from sandbox.errors import PolicyError, SandboxError
 
 system_commands = typer.Typer()
-log_app = typer.Typer(no_args_is_help=True, help="Show, verify and replay a system's message log.")
+log_app = typer.Typer(
+    no_args_is_help=True,
+    help="Show, verify and replay a system's message log.",
+    epilog=_examples("sandbox log show policies/outheis.yaml --json"),
+)
 system_commands.add_typer(log_app, name="log")
 
 SystemArg = Annotated[str, typer.Argument(help="system file (e.g. policies/outheis.yaml)")]
@@ -58,7 +63,13 @@ def explain_system(path: str, as_json: bool) -> int:
     return 0
 
 
-@system_commands.command(help="Run a system's agents under one supervising dispatcher.")
+@system_commands.command(
+    help="Run a system's agents under one supervising dispatcher.",
+    epilog=_examples(
+        "sandbox up policies/outheis.yaml",
+        "sandbox up policies/outheis.yaml &  sandbox ps policies/outheis.yaml",
+    ),
+)
 def up(system: SystemArg) -> None:
     from sandbox.system.dispatcher import Dispatcher
 
@@ -71,7 +82,10 @@ def up(system: SystemArg) -> None:
     raise typer.Exit(status)
 
 
-@system_commands.command(help="The agents of a running system: state, pid, restarts, inbox.")
+@system_commands.command(
+    help="The agents of a running system: state, pid, restarts, inbox.",
+    epilog=_examples("sandbox ps policies/outheis.yaml", "sandbox ps policies/outheis.yaml --json"),
+)
 def ps(system: SystemArg, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     agents = _call(system, {"op": "ps"})["agents"]
     if as_json:
@@ -85,7 +99,13 @@ def ps(system: SystemArg, as_json: Annotated[bool, typer.Option("--json")] = Fal
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
-@system_commands.command(help="Send a user message (routed by @name, --to or the system's route).")
+@system_commands.command(
+    help="Send a user message (routed by @name, --to or the system's route).",
+    epilog=_examples(
+        "sandbox send policies/outheis.yaml --wait 'search sandbox'",
+        "sandbox send policies/outheis.yaml --to data 'find notes'",
+    ),
+)
 def send(
     system: SystemArg,
     text: Annotated[str, typer.Argument(help="the message text")],
@@ -104,27 +124,45 @@ def send(
         print(f"{reply['message_id']} -> {reply['to']}")
 
 
-@system_commands.command(help="Stop one agent (it stays stopped until restart).")
+@system_commands.command(
+    help="Stop one agent (it stays stopped until restart).",
+    epilog=_examples("sandbox stop policies/outheis.yaml pattern"),
+)
 def stop(system: SystemArg, agent: AgentArg) -> None:
     _call(system, {"op": "stop", "agent": agent})
 
 
-@system_commands.command(help="Stop and start one agent.")
+@system_commands.command(
+    help="Stop and start one agent.",
+    epilog=_examples("sandbox restart policies/outheis.yaml data"),
+)
 def restart(system: SystemArg, agent: AgentArg) -> None:
     _call(system, {"op": "restart", "agent": agent})
 
 
-@system_commands.command(help="Start an agent's new code or policy; its inbox carries over.")
+@system_commands.command(
+    help="Start an agent's new code or policy; its inbox carries over.",
+    epilog=_examples("sandbox reload policies/outheis.yaml data"),
+)
 def reload(system: SystemArg, agent: AgentArg) -> None:
     _call(system, {"op": "reload", "agent": agent})
 
 
-@system_commands.command(help="Stop every agent in reverse order; `sandbox up` exits 0.")
+@system_commands.command(
+    help="Stop every agent in reverse order; `sandbox up` exits 0.",
+    epilog=_examples("sandbox down policies/outheis.yaml"),
+)
 def down(system: SystemArg) -> None:
     _call(system, {"op": "down"})
 
 
-@log_app.command("show", help="Show the message log as a table (or --json).")
+@log_app.command(
+    "show",
+    help="Show the message log as a table (or --json).",
+    epilog=_examples(
+        "sandbox log show policies/outheis.yaml", "sandbox log show policies/outheis.yaml --json"
+    ),
+)
 def log_show(
     system: SystemArg,
     agent: Annotated[str | None, typer.Option("--agent")] = None,
@@ -136,14 +174,22 @@ def log_show(
     raise typer.Exit(msglog.show_cli(_load(system).message_log, agent, kind, as_json))
 
 
-@log_app.command("verify", help="Check the message log's hash chain.")
+@log_app.command(
+    "verify",
+    help="Check the message log's hash chain.",
+    epilog=_examples("sandbox log verify policies/outheis.yaml"),
+)
 def log_verify(system: SystemArg) -> None:
     from sandbox.system import msglog
 
     raise typer.Exit(msglog.verify_cli(_load(system).message_log))
 
 
-@log_app.command("replay", help="Every inbox, conversation and agent state at a time.")
+@log_app.command(
+    "replay",
+    help="Every inbox, conversation and agent state at a time.",
+    epilog=_examples("sandbox log replay policies/outheis.yaml --at 2026-12-01T20:15:00Z"),
+)
 def log_replay(
     system: SystemArg,
     at: Annotated[str | None, typer.Option("--at", help="RFC 3339 time; default: the end")] = None,
