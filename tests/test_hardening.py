@@ -1002,3 +1002,23 @@ attempt("read", lambda: open("secret").read())
     out = results(run(tmp_path, policy("chdir", "stdio rpath"), agent))
     assert out["chdir"][0] == "ok", out
     assert out["list"][0] == "EACCES" and out["read"][0] == "EACCES", out
+
+
+def test_a_pledge_without_stdio_is_refused_at_once(tmp_path: Path) -> None:
+    # The launcher's code after the lock makes only the calls every pledge allows (sendmsg
+    # on fd 3, the exec): it once wrapped fd 3 in a socket object after the filter was
+    # loaded (getsockname, a stdio call), which waited for a parent that did not hold the
+    # listener yet, and the run ended after the 30 s handshake timeout as a set-up error.
+    assert subprocess.run(["/usr/bin/true"]).returncode == 0  # the program itself works
+    log = tmp_path / "audit.jsonl"
+    r = subprocess.run(
+        [PY, "-m", "sandbox", "run", "-p", "rpath", "-v", "/usr:rx", "--audit-log", str(log),
+         "--", "/usr/bin/true"],
+        capture_output=True, text=True, timeout=25, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 159, r
+    assert "pledge violation:" in r.stderr and "needs 'stdio'" in r.stderr, r.stderr
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    kinds = [x["kind"] for x in records]
+    assert "violation" in kinds and kinds[-1] == "exit", kinds
+    assert "set-up" not in records[-1].get("reason", ""), records[-1]

@@ -277,12 +277,9 @@ def test_learned_policy_runs_the_program_and_is_not_wider_than_needed(
 
     # Not wider than needed: without any one line the run goes otherwise (status, output or
     # errors: a pipeline's status alone hides a failing stage) or something is refused,
-    # unless the line is marked optional, in which case it goes exactly the same. (stdio is
-    # left in: nothing runs without it, not even the launcher's own code before the exec.)
+    # unless the line is marked optional, in which case it goes exactly the same.
     reference = (r.returncode, r.stdout, program_errors(r.stderr))
     for n, (index, line) in enumerate(grants):
-        if line.startswith("  - stdio "):
-            continue
         d = fresh(tmp_path, case, f"without-{n}")
         r, recs = run_under(without(text, index), d, home)
         refused = [x for x in recs if x["kind"] == "violation"]

@@ -6,8 +6,11 @@ modes), and pledge()/unveil() come here inside a running agent. What to apply is
 beforehand (sandbox.enforce.plan); a step whose field is empty is skipped.
 
 Order, and why:
-1. descriptors: the channel to the parent at its fixed number, every other one closed
-   (first, so that a failure of any later step can still be reported on it).
+0. descriptors, before apply() (the launcher's child calls place_channel()): the channel
+   to the parent at its fixed number, every other one closed, and the socket object the
+   child speaks through made now (first, so that a failure of any later step can still
+   be reported on it; and CPython asks the kernel, getsockname, when it wraps a
+   descriptor: after the filter is loaded that call may be one the pledge refuses).
 2. rlimits (and no core dumps), qos: plain process attributes.
 3. noexec mounts: need CAP_SYS_ADMIN in the agent's mount namespace, so before the drop.
    Root has it; an ordinary user's agent has it in its own user namespace, made before
@@ -24,6 +27,7 @@ Order, and why:
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 from sandbox.enforce import hygiene, landlock, mounts, seccomp
@@ -36,7 +40,6 @@ class Steps:
     qos: str | None = None
     noexec: tuple[str, ...] = ()
     user: str | None = None
-    channel: int | None = None  # fd placed at BROKER_FD; all fds above it are closed
     drop_capabilities: bool = False
     landlock: landlock.LandlockPlan | None = None
     seccomp: bytes | None = None  # a BPF program (sandbox.enforce.seccomp.to_bpf)
@@ -49,8 +52,6 @@ def apply(steps: Steps) -> int | None:
 
     Raises SetupError (fail closed) at the first step that cannot be applied.
     """
-    if steps.channel is not None:
-        _place_channel(steps.channel)
     if steps.rlimits is not None:
         hygiene.set_rlimits(steps.rlimits)
     hygiene.set_qos(steps.qos)
@@ -69,10 +70,13 @@ def apply(steps: Steps) -> int | None:
     return None
 
 
-def _place_channel(fd: int) -> None:
+def place_channel(fd: int) -> socket.socket:
+    """Put the channel to the parent at BROKER_FD, close every descriptor above it, and
+    return the socket object to speak through (see step 0 above)."""
     if fd != BROKER_FD:
         os.dup2(fd, BROKER_FD, inheritable=True)
         os.close(fd)
     else:
         os.set_inheritable(fd, True)
     hygiene.close_fds_from(BROKER_FD + 1)
+    return socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=BROKER_FD)

@@ -18,12 +18,12 @@ from typing import NoReturn
 
 from sandbox import wire
 from sandbox.enforce import hygiene, landlock, mounts, seccomp
-from sandbox.enforce.apply import Steps, apply
+from sandbox.enforce.apply import Steps, apply, place_channel
 from sandbox.enforce.plan import Plan
 from sandbox.enforce.promises import rules_for
 from sandbox.enforce.rules import Rule
 from sandbox.errors import SetupError
-from sandbox.protocol import BROKER_FD, HANDSHAKE_ID, Op
+from sandbox.protocol import HANDSHAKE_ID, Op
 
 HANDSHAKE_TIMEOUT = 30.0
 # lock: agent with init.pledge: the command itself must still be exec'd under that bound.
@@ -47,6 +47,7 @@ def main(
         sock.settimeout(None)  # blocking again: the agent inherits this descriptor
         _isolate_dns(plan, sock)
         _isolate_unix(plan)
+        sock = place_channel(sock.detach())
         _lock(plan, sock, bpf)
         os.execve(path, argv, dict(plan.env))
     except SetupError as e:
@@ -62,31 +63,32 @@ def main(
 
 
 def report(sock: socket.socket, message: str) -> None:
-    """Tell the parent why set-up failed, with nothing but a sendmsg on the broker fd: after
-    the lock that is the one call the filter allows whatever the pledge (no dup, no open)."""
+    """Tell the parent why set-up failed, with nothing but a sendmsg on the channel: after
+    the lock that is the one call the filter allows whatever the pledge (no dup, no open;
+    `sock` was made before the lock)."""
     with contextlib.suppress(BaseException):
-        fd = sock.fileno() if sock.fileno() >= 0 else BROKER_FD
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=fd)
-        try:
-            wire.send(s, {"id": HANDSHAKE_ID, "op": Op.SETUP_ERROR, "message": message})
-        finally:
-            s.detach()
+        wire.send(sock, {"id": HANDSHAKE_ID, "op": Op.SETUP_ERROR, "message": message})
 
 
-def _common(plan: Plan, sock: socket.socket) -> Steps:
-    """What both lock modes apply: limits, mounts, user, descriptors, privileges."""
+def _common(plan: Plan) -> Steps:
+    """What both lock modes apply: limits, mounts, user, privileges."""
     return Steps(
         rlimits=plan.rlimits,
         qos=plan.policy.qos,
         noexec=plan.noexec,
         user=plan.policy.user,
-        channel=sock.detach(),
         drop_capabilities=True,
     )
 
 
-def _lock(plan: Plan, sock: socket.socket, bpf: bytes) -> None:
-    steps = _common(plan, sock)
+def _lock(plan: Plan, channel: socket.socket, bpf: bytes) -> None:
+    """Apply the plan, then hand the listener over on `channel` (made before the lock).
+
+    After the filter is loaded only the calls every pledge allows are made here: sendmsg
+    on the channel, then the exec. The listener is left open, close-on-exec: closing it is
+    a call a pledge without stdio refuses, and it would wait for a parent that does not
+    hold the listener yet."""
+    steps = _common(plan)
     if plan.policy.lock == "agent":
         listener = apply(_agent_init(plan, steps))
     elif bpf:
@@ -101,16 +103,12 @@ def _lock(plan: Plan, sock: socket.socket, bpf: bytes) -> None:
         listener = apply(
             replace(steps, landlock=plan.landlock, seccomp=seccomp.to_bpf(kernel_filter))
         )
-    channel = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=BROKER_FD)
-    try:
-        if listener is None:
-            wire.send(channel, {"id": HANDSHAKE_ID, "op": Op.READY})
-        else:
-            # The listener must not stay in the agent: whoever holds it answers for the filter.
-            wire.send(channel, {"id": HANDSHAKE_ID, "op": Op.LISTENER}, fd=listener)
-            os.close(listener)
-    finally:
-        channel.detach()
+    if listener is None:
+        wire.send(channel, {"id": HANDSHAKE_ID, "op": Op.READY})
+    else:
+        # The listener must not stay in the agent: whoever holds it answers for the filter.
+        # It is close-on-exec (the kernel makes it so), and the exec is next.
+        wire.send(channel, {"id": HANDSHAKE_ID, "op": Op.LISTENER}, fd=listener)
 
 
 def _agent_init(plan: Plan, steps: Steps) -> Steps:
