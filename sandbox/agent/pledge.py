@@ -267,6 +267,8 @@ def _lock_with_parent(
         new,
         exe,
         resolve_unix=landlock.abi_version() >= landlock.FS_RIGHT_ABI[landlock.RESOLVE_UNIX],
+        # Its own pid, as it sees it (sound without 'proc': nothing can fork; see plan).
+        self_pid=os.getpid(),
     )
     filt = seccomp.build_filter(
         list(rules), violation="notify", self_pid=os.getpid(), never_action="notify"

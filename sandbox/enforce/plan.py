@@ -251,29 +251,55 @@ def path_rules(unveils: Iterable[Unveil]) -> tuple[landlock.PathRule, ...]:
     )
 
 
-def _self_signal(rule: Rule) -> Rule:
-    """A signal to the agent itself is decided by the parent (it knows the caller's pid, and
-    the caller, blocked in the call, cannot change it), so the filter names no pid and can
-    be built before the fork."""
-    if any(a.value == SELF_PID for a in rule.args):
-        return Rule(rule.syscall, action="notify", handler="self_signal")
-    return rule
+# The agent's pid as it sees itself, where the launcher knows it before the filter exists:
+# the first child of the reaper, pid 1 of the agent's own pid namespace.
+AGENT_PID_IN_NAMESPACE = 2
+
+
+def _self_signal(rule: Rule, self_pid: int | None, can_fork: bool) -> tuple[Rule, ...]:
+    """A signal to the agent itself (the table's SELF_PID rows: kill, tkill, tgkill,
+    rt_(tg)sigqueueinfo of the caller's own pid).
+
+    Where the agent's pid is known when the filter is built (`self_pid`) and nothing can
+    fork (no 'proc'), the pid can only ever name the agent itself: the filter allows it,
+    with no round trip (raise(), abort(), pthread_kill, Go's preemption signals). Otherwise
+    the parent decides: it knows the caller's pid, and the caller, blocked in the call,
+    cannot change it; the filter then names no pid and can be built before the fork.
+    tkill names a thread, and the agent's other threads have other ids: the parent still
+    decides those."""
+    if not any(a.value == SELF_PID for a in rule.args):
+        return (rule,)
+    parent = Rule(rule.syscall, action="notify", handler="self_signal")
+    if self_pid is None or can_fork:
+        return (parent,)
+    args = tuple(replace(a, value=self_pid) if a.value == SELF_PID else a for a in rule.args)
+    direct = replace(rule, args=args)
+    if rule.syscall != "tkill":
+        return (direct,)
+    return direct, replace(parent, args=(Arg(0, "ne", self_pid),))
 
 
 def seccomp_rules(
-    pledge: Iterable[str], execpromises: Iterable[str] | None, *, resolve_unix: bool = True
+    pledge: Iterable[str],
+    execpromises: Iterable[str] | None,
+    *,
+    resolve_unix: bool = True,
+    self_pid: int | None = None,
 ) -> tuple[Rule, ...]:
     """The launched filter's rules: the pledge, exec routed to the parent, and under
     execpromises every rule the pledge has beyond them routed to the parent too (it knows
     which processes have exec'd; the filter cannot). Without `resolve_unix` (Landlock ABI
-    < 9) the unix socket calls go to the parent as well."""
+    < 9) the unix socket calls go to the parent as well. `self_pid`: the agent's own pid
+    where it is known in advance (see _self_signal)."""
     pledge = set(pledge)
+    can_fork = "proc" in pledge
 
     def rules(promises: set[str]) -> list[Rule]:
         out = rules_for(promises)
-        return out if resolve_unix else _unix_without_landlock(out, "unix" in promises)
+        out = out if resolve_unix else _unix_without_landlock(out, "unix" in promises)
+        return [s for r in out for s in _self_signal(r, self_pid, can_fork)]
 
-    base = [_self_signal(r) for r in rules(pledge) if r.syscall not in EXEC_SYSCALLS]
+    base = [r for r in rules(pledge) if r.syscall not in EXEC_SYSCALLS]
     if execpromises is not None:
         narrow = set(rules(set(execpromises) & pledge))
         base = [
@@ -460,7 +486,12 @@ def compile_plan(
         if ll is not None and ll.restrict_flags:
             env[ENV_LANDLOCK_FLAGS] = str(ll.restrict_flags)
 
-    rules = seccomp_rules(policy.pledge, policy.execpromises, resolve_unix=resolve_unix)
+    rules = seccomp_rules(
+        policy.pledge,
+        policy.execpromises,
+        resolve_unix=resolve_unix,
+        self_pid=AGENT_PID_IN_NAMESPACE if pidns else None,
+    )
     # lock: agent builds its filter in the agent (sandbox.agent.pledge): not traced there.
     trace_unveil = trace_unveil and policy.lock == "exec" and user_notif
     if trace_unveil:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from sandbox.enforce.plan import Plan, brought_files, seccomp_rules
+from sandbox.enforce.plan import AGENT_PID_IN_NAMESPACE, Plan, brought_files, seccomp_rules
 from sandbox.parent.audit import AuditError, AuditLog
 from sandbox.policy.model import PERM_LETTERS, Policy, Unveil, perm_string, unveil_beyond
 
@@ -226,7 +226,12 @@ class LockGate:
         self.sup.plan = replace(
             self.sup.plan,
             policy=narrowed,
-            rules=seccomp_rules(decl.pledge, decl.execpromises, resolve_unix=resolve_unix),
+            rules=seccomp_rules(
+                decl.pledge,
+                decl.execpromises,
+                resolve_unix=resolve_unix,
+                self_pid=AGENT_PID_IN_NAMESPACE if self.plan.pidns else None,
+            ),
             parent_unix="unix" in decl.pledge and not resolve_unix,
             brought=brought_files(decl.pledge),
         )

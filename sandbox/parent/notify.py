@@ -62,6 +62,23 @@ def _own_ns_tgid(pid: int) -> int | None:
     return procfs.status_int(f"/proc/{pid}/status", "NStgid", last=True)
 
 
+def _own_ns_tids(tid: int) -> set[int]:
+    """The thread ids of thread `tid`'s process as that process sees them (innermost NSpid
+    of each task). Without 'proc' nothing else lives in the agent's pid namespace, so a
+    tid listed now cannot belong to another process."""
+    tgid = _status_field(tid, "Tgid") or tid
+    try:
+        tasks = os.listdir(f"/proc/{tgid}/task")
+    except OSError:
+        return set()
+    out = set()
+    for task in tasks:
+        own = procfs.status_int(f"/proc/{tgid}/task/{task}/status", "NSpid", last=True)
+        if own is not None:
+            out.add(own)
+    return out
+
+
 @dataclass
 class Supervisor:
     plan: Plan
@@ -156,8 +173,11 @@ class Supervisor:
         if handler == "self_signal":
             # kill/tkill/tgkill/rt_(tg)sigqueueinfo: the first argument names the target.
             # The caller names itself by its pid in its own (innermost) namespace.
+            # tkill names a thread: one of the caller's own (its thread ids as the process
+            # sees them) is a signal to itself too. Decided on registers only, which the
+            # caller, blocked in the call, cannot change.
             target = args[0] & 0xFFFFFFFF
-            if target == _own_ns_tgid(n.pid):
+            if target == _own_ns_tgid(n.pid) or (name == "tkill" and target in _own_ns_tids(n.pid)):
                 seccomp.respond(self.listener, n.id, continue_=True)
             else:
                 self.refuse(n, name, args, self.plan.policy.pledge)
