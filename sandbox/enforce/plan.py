@@ -314,15 +314,16 @@ def seccomp_rules(
 def trace_rules(rules: Iterable[Rule]) -> tuple[Rule, ...]:
     """--trace-unveil: every path-taking call the pledge allows goes to the parent, which
     only reads it to name what Landlock will refuse (sandbox.parent.denials)."""
-    from sandbox.parent.denials import TRACED
+    from sandbox.parent.denials import TRACED, TRACED_NET
 
     rules = list(rules)
+    calls = {*TRACED, *TRACED_NET}  # paths, and TCP ports (connect, bind)
     traced = [
         replace(r, action="notify", handler="trace")
         for r in rules
-        if r.syscall in TRACED and r.action == "allow"
+        if r.syscall in calls and r.action == "allow"
     ]
-    rest = [r for r in rules if not (r.syscall in TRACED and r.action == "allow")]
+    rest = [r for r in rules if not (r.syscall in calls and r.action == "allow")]
     # First: where a call also matches another notify rule (execpromises), the traced one
     # decides, as the allow rule it replaces would have (match() takes the first of equals).
     return (*traced, *rest)

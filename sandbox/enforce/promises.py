@@ -329,6 +329,18 @@ _FASTOPEN_REFUSED = tuple(
     for name, index in _NO_FASTOPEN.items()
 )
 
+# call -> which ids its arguments set, in order ("u": uids, "g": gids), for own_ids.
+OWN_ID_CALLS: Mapping[str, str] = MappingProxyType(
+    {
+        "setuid": "u",
+        "setreuid": "uu",
+        "setresuid": "uuu",
+        "setgid": "g",
+        "setregid": "gg",
+        "setresgid": "ggg",
+    }
+)
+
 _STDIO = (
     *_calls(*_STDIO_CALLS),
     *_SENDS,
@@ -358,6 +370,10 @@ _STDIO = (
     # personality: the query and the default only (no ADDR_NO_RANDOMIZE and friends)
     _r("personality", _eq(0, 0xFFFFFFFF)),
     _r("personality", _eq(0, 0)),
+    # Setting the ids one already has (GNU make's seteuid(geteuid()) around each job) changes
+    # nothing; the parent reads the caller's ids and answers 0 for exactly that, and any
+    # other value is a violation needing 'id' (sandbox.parent.notify, handler "own_ids").
+    *(_r(n, action="notify", handler="own_ids", unless=("id",)) for n in OWN_ID_CALLS),
 )
 
 # Only the protocols Landlock's TCP rules cover, or that need none: TCP (0 or IPPROTO_TCP)
@@ -814,6 +830,11 @@ IMPLIED_UNVEILS: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType(
             ("/dev/null", "rw"),
             ("/etc/localtime", "r"),
             ("/usr/share/zoneinfo", "r"),
+            # getrandom(2) by another name: what OpenBSD's stdio gives as getentropy(2).
+            # git reads /dev/urandom for its temporary files' names (it cannot add an
+            # object without it), as do OpenSSL's and others' fallbacks.
+            ("/dev/urandom", "r"),
+            ("/dev/random", "r"),
         ),
         "getpw": (("/etc/passwd", "r"), ("/etc/group", "r"), ("/etc/nsswitch.conf", "r")),
         "dns": (

@@ -629,7 +629,7 @@ SIGNATURES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "futex_wait": ("ptr", "uint", "hex", "hex", "ptr", "clock"),
         "futex_waitv": ("ptr", "uint", "hex", "ptr", "clock"),
         "futex_wake": ("ptr", "hex", "int", "hex"),
-        "futimesat": ("dirfd", "path", "ptr"),
+        "futimesat": ("dirfd", "path", "timeval_pair"),
         "get_kernel_syms": ("ptr",),
         "get_mempolicy": ("ptr", "ptr", "uint", "ptr", "hex"),
         "get_robust_list": ("int", "ptr", "ptr"),
@@ -914,9 +914,9 @@ SIGNATURES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "uselib": ("path",),
         "userfaultfd": ("hex",),
         "ustat": ("uint", "ptr"),
-        "utime": ("path", "ptr"),
-        "utimensat": ("dirfd", "path", "ptr", "at"),
-        "utimes": ("path", "ptr"),
+        "utime": ("path", "utimbuf"),
+        "utimensat": ("dirfd", "path", "timespec_pair", "at"),
+        "utimes": ("path", "timeval_pair"),
         "vfork": (),
         "vhangup": (),
         "vmsplice": ("fd", "ptr", "uint", "hex"),
@@ -1055,7 +1055,7 @@ def format_value(kind: str, value: int, path: str | None = None) -> str:
         if value == 0:
             return "NULL"
         return _quote(path) if path is not None else hex(value & _U64)
-    if kind in ("ptr", *STRUCTS, "sockaddr", "argv", "msghdr"):
+    if kind in ("ptr", *STRUCTS, *RECORDS, "sockaddr", "argv", "msghdr"):
         return "NULL" if value == 0 else hex(value & _U64)
     if kind == "mode":
         return "0" + format(value & 0o7777, "o") if value & ~0o7777 == 0 else oct(value)
@@ -1243,6 +1243,46 @@ def path_of(syscall: str, args: Sequence[int], mem: Memory | None) -> str | None
     return None
 
 
+# Fixed-size records behind a pointer (their size is the C type's, not an argument):
+# kind -> (struct layout, field names). Times print as strace prints them.
+RECORDS: Mapping[str, tuple[struct.Struct, tuple[str, ...]]] = MappingProxyType(
+    {
+        "timespec_pair": (struct.Struct("=qqqq"), ("tv_sec", "tv_nsec") * 2),
+        "timeval_pair": (struct.Struct("=qqqq"), ("tv_sec", "tv_usec") * 2),
+        "utimbuf": (struct.Struct("=qq"), ("actime", "modtime")),
+        "flock_struct": (struct.Struct("=hh4xqqi4x"), ("l_type", "l_whence", "l_start", "l_len", "l_pid")),
+    }
+)  # fmt: skip
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+_LOCK_TYPES = {0: "F_RDLCK", 1: "F_WRLCK", 2: "F_UNLCK"}
+
+
+def _record_at(kind: str, mem: Memory, addr: int) -> str | None:
+    layout, names = RECORDS[kind]
+    data = mem.read(addr, layout.size)
+    if data is None:
+        return None
+    values = layout.unpack(data)
+    if kind == "flock_struct":
+        l_type, whence, start, length, _pid = values
+        kind_name = _LOCK_TYPES.get(l_type, str(l_type))
+        return (
+            f"{{l_type={kind_name}, l_whence={format_enum('whence', whence)}, "
+            f"l_start={start}, l_len={length}}}"
+        )
+    if kind == "utimbuf":
+        return f"{{actime={values[0]}, modtime={values[1]}}}"
+    items = []
+    for sec, frac, (s_name, f_name) in zip(
+        values[::2], values[1::2], zip(names[::2], names[1::2], strict=True), strict=True
+    ):
+        if kind == "timespec_pair" and frac in (UTIME_NOW, UTIME_OMIT):
+            items.append("UTIME_NOW" if frac == UTIME_NOW else "UTIME_OMIT")
+        else:
+            items.append(f"{{{s_name}={sec}, {f_name}={frac}}}")
+    return "[" + ", ".join(items) + "]"
+
+
 def _format_struct(kind: str, fields: Mapping[str, int]) -> str:
     parts = []
     for name, value in fields.items():
@@ -1335,6 +1375,8 @@ def _deref(
     if kind in STRUCTS:
         fields = struct_fields(kind, args, index, mem)
         return None if fields is None else _format_struct(kind, fields)
+    if kind in RECORDS:
+        return _record_at(kind, mem, value)
     return None
 
 
@@ -1345,12 +1387,21 @@ _DEPENDENT: Mapping[tuple[str, int], tuple[int, Mapping[int, str]]] = MappingPro
         ("ioctl", 2): (1, {FICLONE: "fd"}),
         ("fcntl", 2): (
             1,
-            {F_DUPFD: "fd", F_DUPFD_CLOEXEC: "fd", F_SETFL: "openflags", F_SETSIG: "sig"},
+            {
+                F_DUPFD: "fd",
+                F_DUPFD_CLOEXEC: "fd",
+                F_SETFL: "openflags",
+                F_SETSIG: "sig",
+                **dict.fromkeys(
+                    (F_GETLK, F_SETLK, F_SETLKW, F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW),
+                    "flock_struct",
+                ),
+            },
         ),
     }
 )
 
-_DEREF_KINDS = frozenset({"path", "str", "sockaddr", "argv", "msghdr", *STRUCTS})
+_DEREF_KINDS = frozenset({"path", "str", "sockaddr", "argv", "msghdr", *STRUCTS, *RECORDS})
 
 
 def decode_args(
