@@ -219,7 +219,7 @@ RECIPES: Mapping[str, Recipe] = {
 
 
 def recipes_markdown() -> str:
-    """The README's Recipes table, from RECIPES."""
+    """The README's Recipes table and notes, from RECIPES."""
     lines = ["| task | pledge | unveil (beside `@system: rx`) | also |", "|---|---|---|---|"]
     for name, r in RECIPES.items():
         unveil = ", ".join(
@@ -229,12 +229,15 @@ def recipes_markdown() -> str:
         also = []
         if r.env:
             also.append("env " + ", ".join(f"`{k}={v}`" for k, v in r.env.items()))
-        if r.network:
-            also.append("network " + ", ".join(f"`{k}: {list(v)}`" for k, v in r.network.items()))
+        for key, ports in (r.network or {}).items():
+            shown = ", ".join(str(p).replace("{port}", "PORT") for p in ports)
+            also.append(f"`network.{key}: [{shown}]`")
         if r.violation != "kill":
             also.append(f"`violation: {r.violation}`")
         task = r.task.replace("|", "\\|")
-        lines.append(f"| **{name}**: {task} | `{r.pledge}` | {unveil} | {'; '.join(also) or ''} |")
+        lines.append(f"| **{name}**: {task} | `{r.pledge}` | {unveil} | {'; '.join(also)} |")
+    lines += ["", "What each needs, and why:", ""]
+    lines += [f"- **{name}**: {r.needs}." for name, r in RECIPES.items()]
     return "\n".join(lines)
 
 

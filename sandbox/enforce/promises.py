@@ -329,7 +329,12 @@ _FASTOPEN_REFUSED = tuple(
     for name, index in _NO_FASTOPEN.items()
 )
 
-# call -> which ids its arguments set, in order ("u": uids, "g": gids), for own_ids.
+# Setting the ids one already has (GNU make's seteuid(geteuid()) around each job) changes
+# nothing. Under a launcher these calls go to the parent when 'id' is not pledged
+# (sandbox.enforce.plan.seccomp_rules), which answers 0 for exactly that and refuses any
+# other value as a violation needing 'id' (sandbox.parent.notify, handler "own_ids").
+# Without a parent (library use) they stay violations, as on OpenBSD.
+# call -> which ids its arguments set, in order ("u": uids, "g": gids).
 OWN_ID_CALLS: Mapping[str, str] = MappingProxyType(
     {
         "setuid": "u",
@@ -370,10 +375,6 @@ _STDIO = (
     # personality: the query and the default only (no ADDR_NO_RANDOMIZE and friends)
     _r("personality", _eq(0, 0xFFFFFFFF)),
     _r("personality", _eq(0, 0)),
-    # Setting the ids one already has (GNU make's seteuid(geteuid()) around each job) changes
-    # nothing; the parent reads the caller's ids and answers 0 for exactly that, and any
-    # other value is a violation needing 'id' (sandbox.parent.notify, handler "own_ids").
-    *(_r(n, action="notify", handler="own_ids", unless=("id",)) for n in OWN_ID_CALLS),
 )
 
 # Only the protocols Landlock's TCP rules cover, or that need none: TCP (0 or IPPROTO_TCP)
@@ -476,7 +477,8 @@ PROMISES: Mapping[str, Promise] = MappingProxyType(
             _promise(
                 "stdio",
                 "basic I/O on open descriptors, memory (W^X), time, own signals, threads' "
-                "futexes, pipes, polling, already-connected sockets",
+                "futexes, pipes, polling, already-connected sockets; under `sandbox run`, "
+                "setting the ids it already has (the parent answers; any change needs 'id')",
                 *_STDIO,
             ),
             _promise(

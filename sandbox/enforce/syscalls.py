@@ -1243,44 +1243,46 @@ def path_of(syscall: str, args: Sequence[int], mem: Memory | None) -> str | None
     return None
 
 
-# Fixed-size records behind a pointer (their size is the C type's, not an argument):
-# kind -> (struct layout, field names). Times print as strace prints them.
-RECORDS: Mapping[str, tuple[struct.Struct, tuple[str, ...]]] = MappingProxyType(
+# Fixed-size records behind a pointer (their size is the C type's, not an argument): the
+# times of utimensat/utimes/futimesat/utime and fcntl's struct flock. kind -> layout.
+RECORDS: Mapping[str, struct.Struct] = MappingProxyType(
     {
-        "timespec_pair": (struct.Struct("=qqqq"), ("tv_sec", "tv_nsec") * 2),
-        "timeval_pair": (struct.Struct("=qqqq"), ("tv_sec", "tv_usec") * 2),
-        "utimbuf": (struct.Struct("=qq"), ("actime", "modtime")),
-        "flock_struct": (struct.Struct("=hh4xqqi4x"), ("l_type", "l_whence", "l_start", "l_len", "l_pid")),
+        "timespec_pair": struct.Struct("=qqqq"),  # struct timespec[2]: sec, nsec
+        "timeval_pair": struct.Struct("=qqqq"),  # struct timeval[2]: sec, usec
+        "utimbuf": struct.Struct("=qq"),  # actime, modtime
+        "flock_struct": struct.Struct("=hh4xqqi4x"),  # type, whence, start, len, pid
     }
-)  # fmt: skip
+)
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 _LOCK_TYPES = {0: "F_RDLCK", 1: "F_WRLCK", 2: "F_UNLCK"}
 
 
+def _time_pair(kind: str, v: tuple[int, ...]) -> str:
+    frac = "tv_nsec" if kind == "timespec_pair" else "tv_usec"
+    out = []
+    for sec, part in ((v[0], v[1]), (v[2], v[3])):
+        if kind == "timespec_pair" and part in (UTIME_NOW, UTIME_OMIT):
+            out.append("UTIME_NOW" if part == UTIME_NOW else "UTIME_OMIT")
+        else:
+            out.append(f"{{tv_sec={sec}, {frac}={part}}}")
+    return "[" + ", ".join(out) + "]"
+
+
 def _record_at(kind: str, mem: Memory, addr: int) -> str | None:
-    layout, names = RECORDS[kind]
+    """A RECORDS value behind a pointer, as strace prints it, or None if unreadable."""
+    layout = RECORDS[kind]
     data = mem.read(addr, layout.size)
     if data is None:
         return None
-    values = layout.unpack(data)
+    v = layout.unpack(data)
     if kind == "flock_struct":
-        l_type, whence, start, length, _pid = values
-        kind_name = _LOCK_TYPES.get(l_type, str(l_type))
         return (
-            f"{{l_type={kind_name}, l_whence={format_enum('whence', whence)}, "
-            f"l_start={start}, l_len={length}}}"
+            f"{{l_type={_LOCK_TYPES.get(v[0], str(v[0]))}, "
+            f"l_whence={format_enum('whence', v[1])}, l_start={v[2]}, l_len={v[3]}}}"
         )
     if kind == "utimbuf":
-        return f"{{actime={values[0]}, modtime={values[1]}}}"
-    items = []
-    for sec, frac, (s_name, f_name) in zip(
-        values[::2], values[1::2], zip(names[::2], names[1::2], strict=True), strict=True
-    ):
-        if kind == "timespec_pair" and frac in (UTIME_NOW, UTIME_OMIT):
-            items.append("UTIME_NOW" if frac == UTIME_NOW else "UTIME_OMIT")
-        else:
-            items.append(f"{{{s_name}={sec}, {f_name}={frac}}}")
-    return "[" + ", ".join(items) + "]"
+        return f"{{actime={v[0]}, modtime={v[1]}}}"
+    return _time_pair(kind, v)
 
 
 def _format_struct(kind: str, fields: Mapping[str, int]) -> str:

@@ -197,9 +197,7 @@ def _bringing(path: str, letters: set[str], held: Iterable[str]) -> tuple[str, s
     return None
 
 
-def fix_for(
-    r: Refusal, unveils: Iterable[Unveil], pledge: Iterable[str] = ()
-) -> tuple[str, str]:
+def fix_for(r: Refusal, unveils: Iterable[Unveil], pledge: Iterable[str] = ()) -> tuple[str, str]:
     """(what was refused, how to allow it) in words, for the message and the record.
     `pledge`: the agent's promises (a file that another promise brings names it)."""
     call = r.syscall or "a call"
@@ -568,9 +566,7 @@ def _tcp_socket(pid: int, fd: int) -> bool:
         return False
     try:
         return (
-            s.family in (_AF_INET, _AF_INET6)
-            and s.type == _SOCK_STREAM
-            and s.proto == _IPPROTO_TCP
+            s.family in (_AF_INET, _AF_INET6) and s.type == _SOCK_STREAM and s.proto == _IPPROTO_TCP
         )
     finally:
         s.close()
