@@ -409,3 +409,32 @@ def test_fix_for_keeps_its_old_form_without_a_pledge() -> None:
         "unveil refused openat /etc/gitconfig (read)",
         "add '/etc/gitconfig: r'",
     )
+
+
+# --- glibc's resolver socket names dns --------------------------------------------------
+
+RESOLVER_SOCKET = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+print("made", s.type & 0xF)
+"""
+
+
+def test_the_resolver_socket_names_dns_not_inet(work: Work) -> None:
+    """git clone without an identity asks for the host's name: with 'getpw' held, glibc's
+    next step is the resolver's nonblocking UDP socket, which the rows alone word 'inet'."""
+    r = work.run(_recipe("stdio rpath getpw"), _python(RESOLVER_SOCKET))
+    assert r.status == VIOLATION_EXIT, r
+    assert (
+        "socket(AF_INET, SOCK_DGRAM|SOCK_NONBLOCK|SOCK_CLOEXEC, 0) needs 'dns' (a name lookup, "
+        "glibc's resolver asking the nameserver; 'inet' for other datagrams)"
+    ) in r.stderr, r.stderr
+    assert r.violations[-1]["promise"] == "dns"
+    # The fix named works (the socket is made; no query is sent), as it does unsandboxed.
+    r = work.run(_recipe("stdio rpath getpw dns"), _python(RESOLVER_SOCKET))
+    assert r.status == 0 and r.stdout == "made 2\n", r
+    assert work.host(_python(RESOLVER_SOCKET)).stdout == "made 2\n"
+    # A plain datagram socket (no SOCK_NONBLOCK: not the resolver's) still names inet.
+    plain = RESOLVER_SOCKET.replace(" | socket.SOCK_NONBLOCK", "")
+    r = work.run(_recipe("stdio rpath getpw"), _python(plain))
+    assert r.violations[-1]["promise"] == "inet", r.violations

@@ -961,6 +961,7 @@ class Hint:
 
 
 _NSCD_SOCKET = S.SOCK_STREAM | S.SOCK_CLOEXEC | S.SOCK_NONBLOCK
+_RESOLVER_SOCKET = S.SOCK_DGRAM | S.SOCK_CLOEXEC | S.SOCK_NONBLOCK
 _STAT_CALLS = (
     "stat", "lstat", "newfstatat", "statx", "access", "faccessat", "faccessat2", "readlink",
     "readlinkat",
@@ -996,6 +997,16 @@ HINTS: tuple[Hint, ...] = (
         (_r("socket", _eq(0, S.AF_UNIX), _eq(1, _NSCD_SOCKET), _eq(2, 0)),),
         "getpw",
         "glibc asking nscd: 'getpw' for users and groups, 'dns' for host names",
+    ),
+    # glibc's resolver then asks the nameserver over a socket of exactly this kind (git
+    # clone without a user.email asks for the host's name so); the rows alone name inet.
+    Hint(
+        tuple(
+            _r("socket", _eq(0, family), _eq(1, _RESOLVER_SOCKET), _eq(2, 0))
+            for family in (S.AF_INET, S.AF_INET6)
+        ),
+        "dns",
+        "a name lookup, glibc's resolver asking the nameserver; 'inet' for other datagrams",
     ),
     # Executable memory without writing: prot_exec is enough, unless the program is a JIT,
     # whose next call makes the same pages writable and executable at once.
