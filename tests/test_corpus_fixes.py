@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from progs.corpus import VIOLATION_EXIT, WHO, Recipe, Work, work_dir
+from progs.snippets import sandbox_cli
 
 from sandbox import kaudit
 from sandbox.enforce import landlock
@@ -340,6 +341,20 @@ def test_setting_the_ids_one_has_needs_no_id(work: Work) -> None:
         assert "setresuid changed" in p.stdout, p
     else:
         assert "setresuid refused 1" in p.stdout, p  # an ordinary user cannot anyway
+
+
+def test_learn_proposes_no_id_for_the_ids_one_has(tmp_path: Path) -> None:
+    """`sandbox learn` sees what the enforcing parent answers: no 'id' for a no-op; a real
+    change of ids (root only: it needs CAP_SETUID to happen at all) does need it."""
+    same = "import os; os.seteuid(os.geteuid()); os.setresgid(-1, os.getegid(), -1)"
+    p = sandbox_cli("learn", "--", "/usr/bin/python3", "-c", same, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    pledge = p.stdout.split("unveil:")[0]
+    assert "- rpath" in pledge and "- id" not in pledge, p.stdout
+    if os.geteuid() == 0:
+        change = "import os; os.setresuid(-1, 1, -1)"
+        p = sandbox_cli("learn", "--", "/usr/bin/python3", "-c", change, cwd=tmp_path)
+        assert "- id  # setresuid(-1, 1, -1)" in p.stdout, p.stdout
 
 
 # --- stdio brings /dev/urandom ------------------------------------------------------------

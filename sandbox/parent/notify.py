@@ -14,7 +14,7 @@ import errno
 import os
 import select
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -57,7 +57,7 @@ def _status_field(pid: int, key: str) -> int | None:
     return procfs.status_int(f"/proc/{pid}/status", key)
 
 
-def _no_id_change(tid: int, call: str, args: list[int]) -> bool:
+def no_id_change(tid: int, call: str, args: Sequence[int]) -> bool:
     """Would this set*id call leave the caller's ids as they are? Only where its real,
     effective, saved (and filesystem) ids are all one value and every id the call names is
     that value or -1: then no form of the call can change anything (setreuid's rule that
@@ -211,7 +211,7 @@ class Supervisor:
         if handler == "own_ids":
             # Registers only, nothing read from the agent's memory: setting the ids the
             # caller already has is answered 0 (it would change nothing); else refused.
-            if _no_id_change(n.pid, name, args):
+            if no_id_change(n.pid, name, args):
                 seccomp.respond(self.listener, n.id, val=0)
             else:
                 self.refuse(n, name, args, self.plan.policy.pledge)
