@@ -29,10 +29,9 @@ from pathlib import Path
 
 import pytest
 from progs.corpus import VIOLATION_EXIT, WHO, Recipe, Work, work_dir
-from progs.snippets import sandbox_cli
+from progs.snippets import kernel_audit_unavailable, sandbox_cli
 
 from sandbox import kaudit
-from sandbox.enforce import landlock
 from sandbox.enforce import syscalls as S
 from sandbox.enforce.plan import seccomp_rules, trace_rules
 from sandbox.enforce.rules import match
@@ -226,22 +225,10 @@ def test_tracing_tcp_calls_changes_no_decision() -> None:
 # --- the parent names the promise: with Landlock's own records (root, kernel audit on) ----
 
 
-def _can_audit() -> str | None:
-    if os.geteuid() != 0:
-        return "reading kernel audit records needs root"
-    if landlock.abi_version() < landlock.LOG_ABI:
-        return f"Landlock ABI {landlock.abi_version()} writes no audit records"
-    try:
-        kaudit.status()
-    except OSError as e:
-        return f"no kernel audit here: {e.strerror}"
-    return None
-
-
 @pytest.fixture
 def kernel_audit_on() -> Iterator[None]:
     """Kernel audit switched on for one test (host-wide), restored after it."""
-    why = _can_audit()
+    why = kernel_audit_unavailable()
     if why is not None:
         pytest.skip(why)
     before = kaudit.status().enabled
