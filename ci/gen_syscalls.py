@@ -109,7 +109,8 @@ OVERRIDES: dict[str, dict[int, str]] = {
     "linkat": {4: "at"},
     "fchownat": {4: "at"},
     "fchmodat2": {3: "at"},
-    "utimensat": {3: "at"},
+    "utimensat": {2: "timespec_pair", 3: "at"},
+    "futimesat": {2: "timeval_pair"},
     "execve": {2: "ptr"},  # the environment: long, and not what was refused
     "execveat": {0: "dirfd", 3: "ptr", 4: "at"},
     "rseq": {3: "hex"},  # a signature, not a signal
@@ -130,8 +131,8 @@ OVERRIDES: dict[str, dict[int, str]] = {
     "umount2": {0: "path", 1: "hex"},
     "sethostname": {0: "str"},
     "setdomainname": {0: "str"},
-    "utime": {0: "path"},
-    "utimes": {0: "path"},
+    "utime": {0: "path", 1: "utimbuf"},
+    "utimes": {0: "path", 1: "timeval_pair"},
     "mmap": {0: "ptr", 1: "uint", 2: "prot", 3: "map", 4: "fd", 5: "hex"},
     "mprotect": {2: "prot"},
     "pkey_mprotect": {2: "prot"},

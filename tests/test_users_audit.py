@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from progs.snippets import kernel_audit_unavailable
 
 from sandbox import kaudit
 from sandbox.enforce import landlock
@@ -39,19 +40,7 @@ PY = sys.executable
 BASE = ["@python:rx", "@system:rx"]
 
 
-def _can_audit() -> str | None:
-    if os.geteuid() != 0:
-        return "reading kernel audit records needs root"
-    if landlock.abi_version() < landlock.LOG_ABI:
-        return f"Landlock ABI {landlock.abi_version()} writes no audit records"
-    try:
-        kaudit.status()
-    except OSError as e:
-        return f"no kernel audit here: {e.strerror}"
-    return None
-
-
-WHY_NOT = _can_audit()
+WHY_NOT = kernel_audit_unavailable()
 needs_audit = pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))
 
 

@@ -15,7 +15,13 @@ from typing import Any
 from sandbox.enforce import landlock, mounts
 from sandbox.enforce import syscalls as S
 from sandbox.enforce.kernel import Features
-from sandbox.enforce.promises import BRINGS_FILES, BRINGS_STAT, IMPLIED_UNVEILS, rules_for
+from sandbox.enforce.promises import (
+    BRINGS_FILES,
+    BRINGS_STAT,
+    IMPLIED_UNVEILS,
+    OWN_ID_CALLS,
+    rules_for,
+)
 from sandbox.enforce.rules import SELF_PID, Arg, Rule
 from sandbox.errors import SetupError
 from sandbox.policy.model import Policy, Unveil
@@ -300,6 +306,9 @@ def seccomp_rules(
         return [s for r in out for s in _self_signal(r, self_pid, can_fork)]
 
     base = [r for r in rules(pledge) if r.syscall not in EXEC_SYSCALLS]
+    if "id" not in pledge:
+        # The ids it already has: the parent answers (see promises.OWN_ID_CALLS).
+        base += [Rule(n, action="notify", handler="own_ids") for n in OWN_ID_CALLS]
     if execpromises is not None:
         narrow = set(rules(set(execpromises) & pledge))
         base = [
@@ -314,15 +323,16 @@ def seccomp_rules(
 def trace_rules(rules: Iterable[Rule]) -> tuple[Rule, ...]:
     """--trace-unveil: every path-taking call the pledge allows goes to the parent, which
     only reads it to name what Landlock will refuse (sandbox.parent.denials)."""
-    from sandbox.parent.denials import TRACED
+    from sandbox.parent.denials import TRACED, TRACED_NET
 
     rules = list(rules)
+    calls = {*TRACED, *TRACED_NET}  # paths, and TCP ports (connect, bind)
     traced = [
         replace(r, action="notify", handler="trace")
         for r in rules
-        if r.syscall in TRACED and r.action == "allow"
+        if r.syscall in calls and r.action == "allow"
     ]
-    rest = [r for r in rules if not (r.syscall in TRACED and r.action == "allow")]
+    rest = [r for r in rules if not (r.syscall in calls and r.action == "allow")]
     # First: where a call also matches another notify rule (execpromises), the traced one
     # decides, as the allow rule it replaces would have (match() takes the first of equals).
     return (*traced, *rest)

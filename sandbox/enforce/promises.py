@@ -329,6 +329,23 @@ _FASTOPEN_REFUSED = tuple(
     for name, index in _NO_FASTOPEN.items()
 )
 
+# Setting the ids one already has (GNU make's seteuid(geteuid()) around each job) changes
+# nothing. Under a launcher these calls go to the parent when 'id' is not pledged
+# (sandbox.enforce.plan.seccomp_rules), which answers 0 for exactly that and refuses any
+# other value as a violation needing 'id' (sandbox.parent.notify, handler "own_ids").
+# Without a parent (library use) they stay violations, as on OpenBSD.
+# call -> which ids its arguments set, in order ("u": uids, "g": gids).
+OWN_ID_CALLS: Mapping[str, str] = MappingProxyType(
+    {
+        "setuid": "u",
+        "setreuid": "uu",
+        "setresuid": "uuu",
+        "setgid": "g",
+        "setregid": "gg",
+        "setresgid": "ggg",
+    }
+)
+
 _STDIO = (
     *_calls(*_STDIO_CALLS),
     *_SENDS,
@@ -460,7 +477,8 @@ PROMISES: Mapping[str, Promise] = MappingProxyType(
             _promise(
                 "stdio",
                 "basic I/O on open descriptors, memory (W^X), time, own signals, threads' "
-                "futexes, pipes, polling, already-connected sockets",
+                "futexes, pipes, polling, already-connected sockets; under `sandbox run`, "
+                "setting the ids it already has (the parent answers; any change needs 'id')",
                 *_STDIO,
             ),
             _promise(
@@ -814,6 +832,11 @@ IMPLIED_UNVEILS: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType(
             ("/dev/null", "rw"),
             ("/etc/localtime", "r"),
             ("/usr/share/zoneinfo", "r"),
+            # getrandom(2) by another name: what OpenBSD's stdio gives as getentropy(2).
+            # git reads /dev/urandom for its temporary files' names (it cannot add an
+            # object without it), as do OpenSSL's and others' fallbacks.
+            ("/dev/urandom", "r"),
+            ("/dev/random", "r"),
         ),
         "getpw": (("/etc/passwd", "r"), ("/etc/group", "r"), ("/etc/nsswitch.conf", "r")),
         "dns": (
@@ -938,6 +961,7 @@ class Hint:
 
 
 _NSCD_SOCKET = S.SOCK_STREAM | S.SOCK_CLOEXEC | S.SOCK_NONBLOCK
+_RESOLVER_SOCKET = S.SOCK_DGRAM | S.SOCK_CLOEXEC | S.SOCK_NONBLOCK
 _STAT_CALLS = (
     "stat", "lstat", "newfstatat", "statx", "access", "faccessat", "faccessat2", "readlink",
     "readlinkat",
@@ -973,6 +997,16 @@ HINTS: tuple[Hint, ...] = (
         (_r("socket", _eq(0, S.AF_UNIX), _eq(1, _NSCD_SOCKET), _eq(2, 0)),),
         "getpw",
         "glibc asking nscd: 'getpw' for users and groups, 'dns' for host names",
+    ),
+    # glibc's resolver then asks the nameserver over a socket of exactly this kind (git
+    # clone without a user.email asks for the host's name so); the rows alone name inet.
+    Hint(
+        tuple(
+            _r("socket", _eq(0, family), _eq(1, _RESOLVER_SOCKET), _eq(2, 0))
+            for family in (S.AF_INET, S.AF_INET6)
+        ),
+        "dns",
+        "a name lookup, glibc's resolver asking the nameserver; 'inet' for other datagrams",
     ),
     # Executable memory without writing: prot_exec is enough, unless the program is a JIT,
     # whose next call makes the same pages writable and executable at once.

@@ -629,7 +629,7 @@ SIGNATURES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "futex_wait": ("ptr", "uint", "hex", "hex", "ptr", "clock"),
         "futex_waitv": ("ptr", "uint", "hex", "ptr", "clock"),
         "futex_wake": ("ptr", "hex", "int", "hex"),
-        "futimesat": ("dirfd", "path", "ptr"),
+        "futimesat": ("dirfd", "path", "timeval_pair"),
         "get_kernel_syms": ("ptr",),
         "get_mempolicy": ("ptr", "ptr", "uint", "ptr", "hex"),
         "get_robust_list": ("int", "ptr", "ptr"),
@@ -914,9 +914,9 @@ SIGNATURES: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "uselib": ("path",),
         "userfaultfd": ("hex",),
         "ustat": ("uint", "ptr"),
-        "utime": ("path", "ptr"),
-        "utimensat": ("dirfd", "path", "ptr", "at"),
-        "utimes": ("path", "ptr"),
+        "utime": ("path", "utimbuf"),
+        "utimensat": ("dirfd", "path", "timespec_pair", "at"),
+        "utimes": ("path", "timeval_pair"),
         "vfork": (),
         "vhangup": (),
         "vmsplice": ("fd", "ptr", "uint", "hex"),
@@ -1055,7 +1055,7 @@ def format_value(kind: str, value: int, path: str | None = None) -> str:
         if value == 0:
             return "NULL"
         return _quote(path) if path is not None else hex(value & _U64)
-    if kind in ("ptr", *STRUCTS, "sockaddr", "argv", "msghdr"):
+    if kind in ("ptr", *STRUCTS, *RECORDS, "sockaddr", "argv", "msghdr"):
         return "NULL" if value == 0 else hex(value & _U64)
     if kind == "mode":
         return "0" + format(value & 0o7777, "o") if value & ~0o7777 == 0 else oct(value)
@@ -1243,6 +1243,48 @@ def path_of(syscall: str, args: Sequence[int], mem: Memory | None) -> str | None
     return None
 
 
+# Fixed-size records behind a pointer (their size is the C type's, not an argument): the
+# times of utimensat/utimes/futimesat/utime and fcntl's struct flock. kind -> layout.
+RECORDS: Mapping[str, struct.Struct] = MappingProxyType(
+    {
+        "timespec_pair": struct.Struct("=qqqq"),  # struct timespec[2]: sec, nsec
+        "timeval_pair": struct.Struct("=qqqq"),  # struct timeval[2]: sec, usec
+        "utimbuf": struct.Struct("=qq"),  # actime, modtime
+        "flock_struct": struct.Struct("=hh4xqqi4x"),  # type, whence, start, len, pid
+    }
+)
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+_LOCK_TYPES = {0: "F_RDLCK", 1: "F_WRLCK", 2: "F_UNLCK"}
+
+
+def _time_pair(kind: str, v: tuple[int, ...]) -> str:
+    frac = "tv_nsec" if kind == "timespec_pair" else "tv_usec"
+    out = []
+    for sec, part in ((v[0], v[1]), (v[2], v[3])):
+        if kind == "timespec_pair" and part in (UTIME_NOW, UTIME_OMIT):
+            out.append("UTIME_NOW" if part == UTIME_NOW else "UTIME_OMIT")
+        else:
+            out.append(f"{{tv_sec={sec}, {frac}={part}}}")
+    return "[" + ", ".join(out) + "]"
+
+
+def _record_at(kind: str, mem: Memory, addr: int) -> str | None:
+    """A RECORDS value behind a pointer, as strace prints it, or None if unreadable."""
+    layout = RECORDS[kind]
+    data = mem.read(addr, layout.size)
+    if data is None:
+        return None
+    v = layout.unpack(data)
+    if kind == "flock_struct":
+        return (
+            f"{{l_type={_LOCK_TYPES.get(v[0], str(v[0]))}, "
+            f"l_whence={format_enum('whence', v[1])}, l_start={v[2]}, l_len={v[3]}}}"
+        )
+    if kind == "utimbuf":
+        return f"{{actime={v[0]}, modtime={v[1]}}}"
+    return _time_pair(kind, v)
+
+
 def _format_struct(kind: str, fields: Mapping[str, int]) -> str:
     parts = []
     for name, value in fields.items():
@@ -1335,6 +1377,8 @@ def _deref(
     if kind in STRUCTS:
         fields = struct_fields(kind, args, index, mem)
         return None if fields is None else _format_struct(kind, fields)
+    if kind in RECORDS:
+        return _record_at(kind, mem, value)
     return None
 
 
@@ -1345,12 +1389,21 @@ _DEPENDENT: Mapping[tuple[str, int], tuple[int, Mapping[int, str]]] = MappingPro
         ("ioctl", 2): (1, {FICLONE: "fd"}),
         ("fcntl", 2): (
             1,
-            {F_DUPFD: "fd", F_DUPFD_CLOEXEC: "fd", F_SETFL: "openflags", F_SETSIG: "sig"},
+            {
+                F_DUPFD: "fd",
+                F_DUPFD_CLOEXEC: "fd",
+                F_SETFL: "openflags",
+                F_SETSIG: "sig",
+                **dict.fromkeys(
+                    (F_GETLK, F_SETLK, F_SETLKW, F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW),
+                    "flock_struct",
+                ),
+            },
         ),
     }
 )
 
-_DEREF_KINDS = frozenset({"path", "str", "sockaddr", "argv", "msghdr", *STRUCTS})
+_DEREF_KINDS = frozenset({"path", "str", "sockaddr", "argv", "msghdr", *STRUCTS, *RECORDS})
 
 
 def decode_args(

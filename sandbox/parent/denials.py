@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 from sandbox import kaudit, procfs
 from sandbox.enforce.landlock import FS_RIGHT_NAMES, PERM_RIGHTS
+from sandbox.enforce.promises import IMPLIED_UNVEILS
 from sandbox.parent.audit import AuditError, AuditLog
 from sandbox.parent.audit import _safe as terminal_safe
 from sandbox.policy.model import Unveil, effective_perms, perm_string
@@ -176,8 +177,29 @@ class Refusal:
         return (self.path, self.port, self.target, self.blockers)
 
 
-def fix_for(r: Refusal, unveils: Iterable[Unveil]) -> tuple[str, str]:
-    """(what was refused, how to allow it) in words, for the message and the record."""
+_PROC_PID = re.compile(r"/proc/\d+(?:/|$)")
+
+
+def _bringing(path: str, letters: set[str], held: Iterable[str]) -> tuple[str, str, str] | None:
+    """(promise, its path, its letters) of a promise not held that brings `path` with
+    `letters` (IMPLIED_UNVEILS): the fix that fits better than an unveil of one file."""
+    held = set(held)
+    for promise, files in IMPLIED_UNVEILS.items():
+        if promise in held or promise == "ps":  # ps: all of /proc, too much to suggest
+            continue
+        for brought, perms in files:
+            # tmppath is for temporary files made in /tmp itself (mkstemp), not for what
+            # else lives beneath it (a work tree in /tmp is not a temporary file).
+            beneath = promise != "tmppath" and path.startswith(brought.rstrip("/") + "/")
+            inside = path == brought or beneath
+            if inside and letters <= set(perms):
+                return promise, brought, perms
+    return None
+
+
+def fix_for(r: Refusal, unveils: Iterable[Unveil], pledge: Iterable[str] = ()) -> tuple[str, str]:
+    """(what was refused, how to allow it) in words, for the message and the record.
+    `pledge`: the agent's promises (a file that another promise brings names it)."""
     call = r.syscall or "a call"
     kinds = {b.partition(".")[0] for b in r.blockers}
     if "fs" in kinds:
@@ -189,11 +211,26 @@ def fix_for(r: Refusal, unveils: Iterable[Unveil]) -> tuple[str, str]:
         what = f"unveil refused {call} {r.path} ({words})"
         if not letters:
             return what, "no unveil grants it (device nodes are never created)"
+        path = r.path or ""
+        if _PROC_PID.match(path):
+            # Every process has a /proc/PID of its own, made when it starts: a rule on one
+            # of them would never match the next run's. Only /proc as a whole reaches them.
+            return what, (
+                "add '/proc: r' or the promise 'ps', which brings it (each process gets a "
+                "/proc/PID of its own when it starts, so it cannot be unveiled by itself; "
+                "either way every process in /proc can be read)"
+            )
         have: set[str] = set()
         for u in unveils:
             if u.path == r.path:
                 have |= u.perms
-        return what, f"add '{r.path}: {perm_string(letters | have)}'"
+        fix = f"add '{r.path}: {perm_string(letters | have)}'"
+        brings = _bringing(path, letters, pledge)
+        if brings is not None:
+            promise, brought, perms = brings
+            also = "it" if brought == path else f"{brought}: {perms}"
+            fix += f" or the promise '{promise}', which brings {also}"
+        return what, fix
     if "net" in kinds:
         bind = any(b == "net.bind_tcp" for b in r.blockers)
         verb, key = ("bind", "bind") if bind else ("connect to", "connect")
@@ -218,6 +255,7 @@ class Reporter:
     audit: AuditLog
     unveils: tuple[Unveil, ...]
     agent_pid: int
+    pledge: frozenset[str] = frozenset()  # the agent's promises (for the fixes they bring)
     seen: set[tuple[object, ...]] = field(default_factory=set)
     dropped: int = 0
     noticed: bool = False  # the first refusal has been reported
@@ -233,7 +271,7 @@ class Reporter:
             self.dropped += 1
             return
         self.seen.add(key)
-        what, fix = fix_for(r, self.unveils)
+        what, fix = fix_for(r, self.unveils, self.pledge)
         fields: dict[str, object] = {
             "pid": r.pid or self.agent_pid,
             "comm": r.comm,
@@ -416,9 +454,16 @@ _MAKE.update(symlink="make_sym", symlinkat="make_sym")
 
 
 def _needs(call: str, what: str, flags: int, full: str) -> tuple[str, list[str], bool]:
-    """(the path Landlock checks, the rights it needs there, an open for writing)."""
+    """(the path Landlock checks, the rights it needs there, an open for writing).
+
+    No rights for a path that does not exist and that the call does not create: the
+    lookup fails with ENOENT before Landlock is asked (as it would unsandboxed), so
+    naming it would send the user to unveil a file that is not there."""
     writes = what in ("create", "write") or flags & O_ACCMODE in (O_WRONLY, O_RDWR)
     exists = os.path.lexists(full)
+    creates = what in ("create", "make") or (what == "open" and bool(flags & O_CREAT))
+    if not exists and (not creates or not os.path.isdir(os.path.dirname(full))):
+        return full, [], writes
     if what in ("open", "create") and not exists and (what == "create" or flags & O_CREAT):
         return os.path.dirname(full), ["make_reg"], writes
     if what in ("open", "create", "write"):
@@ -497,3 +542,56 @@ def predict(
                 )
             )
     return out
+
+
+# connect and bind, for Landlock's TCP port rules: (what it refuses, the call's port list).
+TRACED_NET: Mapping[str, str] = {"connect": "net.connect_tcp", "bind": "net.bind_tcp"}
+_AF_INET, _AF_INET6, _SOCK_STREAM, _IPPROTO_TCP = 2, 10, 1, 6
+_SOCKADDR_PORT = 4  # family (2 bytes) and port (2 bytes, big-endian) lead both sockaddr_in*
+
+
+def _tcp_socket(pid: int, fd: int) -> bool:
+    """Is the agent's descriptor `fd` a TCP socket (the only kind Landlock's port rules
+    see)? Asked of a duplicate of it (pidfd_getfd), never of a number the agent may reuse."""
+    from sandbox.parent import agentproc
+
+    try:
+        dup = agentproc.dup_fd(pid, fd)
+    except OSError:
+        return False
+    try:
+        s = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        return False
+    try:
+        return (
+            s.family in (_AF_INET, _AF_INET6) and s.type == _SOCK_STREAM and s.proto == _IPPROTO_TCP
+        )
+    finally:
+        s.close()
+
+
+def predict_net(
+    pid: int,
+    call: str,
+    args: Sequence[int],
+    ports: Sequence[int] | None,
+    read: Callable[[int, int, int], bytes | None],
+) -> list[Refusal]:
+    """The refusal Landlock will make of this connect or bind, as the parent reads it:
+    a TCP socket, an inet address, a port outside `ports` (the policy's network.connect or
+    network.bind; None when Landlock does not restrict TCP)."""
+    blocker = TRACED_NET.get(call)
+    if blocker is None or ports is None or len(args) < 3 or args[2] < _SOCKADDR_PORT:
+        return []
+    data = read(pid, args[1], _SOCKADDR_PORT)
+    if data is None or len(data) < _SOCKADDR_PORT:
+        return []
+    family = int.from_bytes(data[:2], "little")
+    port = int.from_bytes(data[2:4], "big")
+    if family not in (_AF_INET, _AF_INET6) or port in ports:
+        return []
+    if not _tcp_socket(pid, args[0] & 0xFFFFFFFF):
+        return []  # UDP and others: Landlock's port rules do not see them
+    return [Refusal(blockers=(blocker,), pid=pid, syscall=call, port=port, source="parent")]

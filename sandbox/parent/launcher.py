@@ -304,7 +304,11 @@ class Launch:
         from sandbox.parent import denials
 
         self._reporter = denials.Reporter(
-            name=self.policy.name, audit=self.audit, unveils=plan.unveils, agent_pid=self.pid
+            name=self.policy.name,
+            audit=self.audit,
+            unveils=plan.unveils,
+            agent_pid=self.pid,
+            pledge=frozenset(self.policy.pledge),
         )
         if plan.landlock_audit:
             self._reader = denials.AuditReader.open(self._reporter)

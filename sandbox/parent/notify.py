@@ -14,7 +14,7 @@ import errno
 import os
 import select
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -55,6 +55,32 @@ UNALLOWED_ARGS_ERRNO = {"fcntl": errno.EINVAL}
 
 def _status_field(pid: int, key: str) -> int | None:
     return procfs.status_int(f"/proc/{pid}/status", key)
+
+
+def no_id_change(tid: int, call: str, args: Sequence[int]) -> bool:
+    """Would this set*id call leave the caller's ids as they are? Only where its real,
+    effective, saved (and filesystem) ids are all one value and every id the call names is
+    that value or -1: then no form of the call can change anything (setreuid's rule that
+    may move the saved id included). The ids are the thread's own, as the call would see."""
+    from sandbox.enforce.promises import OWN_ID_CALLS
+
+    kinds = OWN_ID_CALLS.get(call)
+    if kinds is None:
+        return False
+    try:
+        uids = procfs.status_field(f"/proc/{tid}/status", "Uid")
+        gids = procfs.status_field(f"/proc/{tid}/status", "Gid")
+    except OSError:
+        return False
+    held = {"u": uids, "g": gids}
+    for i, kind in enumerate(kinds):
+        ids = held[kind]
+        if not ids or len(set(ids)) != 1:
+            return False
+        value = args[i] & 0xFFFFFFFF
+        if value != 0xFFFFFFFF and str(value) != ids[0]:
+            return False
+    return True
 
 
 def _own_ns_tgid(pid: int) -> int | None:
@@ -182,6 +208,14 @@ class Supervisor:
             else:
                 self.refuse(n, name, args, self.plan.policy.pledge)
             return
+        if handler == "own_ids":
+            # Registers only, nothing read from the agent's memory: setting the ids the
+            # caller already has is answered 0 (it would change nothing); else refused.
+            if no_id_change(n.pid, name, args):
+                seccomp.respond(self.listener, n.id, val=0)
+            else:
+                self.refuse(n, name, args, self.plan.policy.pledge)
+            return
         if handler == "dns" and self.dns is not None:
             self._emulate_dns(n, name, args)
             return
@@ -294,11 +328,24 @@ class Supervisor:
         whatever was read, so Landlock decides on what the call really names; a thread
         racing the read can only make the hint wrong."""
         if self.reporter is not None:
-            from sandbox.enforce.syscalls import read_path
-            from sandbox.parent.denials import predict
+            from sandbox.enforce.syscalls import Memory, read_path
+            from sandbox.parent.denials import TRACED_NET, predict, predict_net
 
-            for found in predict(n.pid, name, args, self.plan.unveils, read_path):
-                self.reporter.report(found)
+            if name in TRACED_NET:
+                ll = self.plan.landlock
+                ports = None
+                if ll is not None and ll.handled_net:
+                    ports = ll.bind_ports if name == "bind" else ll.connect_ports
+
+                def read(pid: int, addr: int, size: int) -> bytes | None:
+                    with Memory(pid) as mem:
+                        return mem.read(addr, size)
+
+                found = predict_net(n.pid, name, args, ports, read)
+            else:
+                found = predict(n.pid, name, args, self.plan.unveils, read_path)
+            for refusal in found:
+                self.reporter.report(refusal)
         seccomp.respond(self.listener, n.id, continue_=True)
 
     def _emulate_dns(self, n: seccomp.Notification, name: str, args: list[int]) -> None:

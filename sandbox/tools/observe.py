@@ -41,10 +41,16 @@ from sandbox import procfs
 from sandbox.enforce import seccomp
 from sandbox.enforce import syscalls as S
 from sandbox.enforce.plan import EXEC_SYSCALLS
-from sandbox.enforce.promises import NEVER_ARGS, PROMISES, UNSUPPORTED, never_allowed
+from sandbox.enforce.promises import (
+    NEVER_ARGS,
+    OWN_ID_CALLS,
+    PROMISES,
+    UNSUPPORTED,
+    never_allowed,
+)
 from sandbox.enforce.rules import SELF_PID, Rule, rule_matches
 from sandbox.enforce.syscalls import decode_args, read_path
-from sandbox.parent.notify import Supervisor
+from sandbox.parent.notify import Supervisor, no_id_change
 
 Outcome = Literal["continue", "enosys", "eperm", "unsupported"]
 # Handlers of notify rows whose calls the enforcing parent performs itself after checking
@@ -343,6 +349,8 @@ class Learner(Supervisor):
 
     def _observe(self, n: seccomp.Notification, name: str, args: tuple[int, ...]) -> Outcome:
         obs = self.obs
+        if name in OWN_ID_CALLS and no_id_change(n.pid, name, args):
+            return "continue"  # the ids it has: the enforcing parent answers it, no promise
         execd = self._under_execpromises(n.pid)
         self_pid = None
         if name in ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):

@@ -110,3 +110,19 @@ def tcp_servers(ports: Sequence[int], greeting: bytes = b"") -> Iterator[list[in
             t.join()
         for s in servers:
             s.close()
+
+
+def kernel_audit_unavailable() -> str | None:
+    """Why Landlock's audit records cannot be read here (None: they can, as root)."""
+    from sandbox import kaudit
+    from sandbox.enforce import landlock
+
+    if os.geteuid() != 0:
+        return "reading kernel audit records needs root"
+    if landlock.abi_version() < landlock.LOG_ABI:
+        return f"Landlock ABI {landlock.abi_version()} writes no audit records"
+    try:
+        kaudit.status()
+    except OSError as e:
+        return f"no kernel audit here: {e.strerror}"
+    return None
