@@ -72,6 +72,8 @@ def launcher_env(**extra: str) -> dict[str, str]:
         "SECRET_TOKEN": "hunter2",
         "FOO": "foo-value",
     }
+    if "SANDBOX_SERVER" in os.environ:  # pytest --sandbox-serve: launch through the server
+        env["SANDBOX_SERVER"] = os.environ["SANDBOX_SERVER"]
     env.update(extra)
     return env
 
@@ -288,8 +290,11 @@ def test_agent_dies_with_the_launcher(tmp_path: Path, tree: str) -> None:
         ns_pids = [int(p) for p in launcher.stdout.readline().split()]
         assert len(ns_pids) == (2 if tree == "fork" else 1)
         # The agent runs in its own pid namespace (under the launcher's reaper): map the
-        # pids it printed to ours through the descendants of the launcher.
-        by_ns = descendants_by_ns_pid(launcher.pid)
+        # pids it printed to ours through the descendants of the launcher (through the
+        # warm launcher's, under pytest --sandbox-serve: the launch is its child).
+        by_ns = descendants_by_ns_pid(launcher.pid) or descendants_by_ns_pid(
+            int(os.environ.get("SANDBOX_TEST_SERVER_PID", "0"))
+        )
         pids = [by_ns[p] for p in ns_pids]
         assert all(alive(p) for p in pids), "the agent runs while its launcher lives"
         launcher.kill()  # SIGKILL: no clean-up code of the launcher runs

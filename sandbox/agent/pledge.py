@@ -103,8 +103,11 @@ def _lock_unveil() -> None:
     global _unveil_locked
     if _unveil_locked:
         return
-    # pledge() will need libseccomp, which the view about to be locked may not contain.
+    # pledge() will need libseccomp, which the view about to be locked may not contain,
+    # and the first pledge the compiled-filter cache (files too).
     seccomp.preload()
+    if _promises is None:
+        seccomp.prefetch()
     # Under the launcher the view is always locked, empty if nothing was unveiled: the
     # policy's unveil is a ceiling, and an agent that unveils nothing sees nothing.
     if _unveils or _launched():
@@ -212,8 +215,11 @@ def pledge(
             raise _err(
                 errno.EOPNOTSUPP, "execpromises narrower than the promises need `sandbox run`"
             )
-        # Load libseccomp before Landlock hides the files a lazy import would read.
+        # Load libseccomp, and make sure the compiled-filter cache has the first filter, before
+        # Landlock hides the files a lazy import (and the cache) would read.
         seccomp.preload()
+        if first and not _launched_exec():
+            seccomp.warm(*_filter_for(new, exe))
         _lock_unveil()
         if _launched() and first:
             _lock_with_parent(new, caps, exe)
@@ -234,11 +240,49 @@ def pledge(
         _promises, _capabilities, _execpromises = new, caps, exe
 
 
-def _install_local(new: frozenset[str], violation: str | None = None) -> None:
-    """A filter with no listener: the kernel itself applies the violation action."""
+def _filter_for(
+    new: frozenset[str], exe: frozenset[str] | None, violation: str | None = None
+) -> tuple[list[Rule], seccomp.ViolationAction, seccomp.NeverAction]:
+    """The rules and actions of the filter a pledge of `new` installs: under the launcher
+    the first one routes to the parent (notify); any other lets the kernel itself apply the
+    violation action."""
+    if _launched() and _promises is None:
+        rules = seccomp_rules(
+            new,
+            exe,
+            resolve_unix=landlock.abi_version() >= landlock.FS_RIGHT_ABI[landlock.RESOLVE_UNIX],
+            # Its own pid, as it sees it (sound without 'proc': nothing can fork; see plan).
+            self_pid=os.getpid(),
+        )
+        return list(rules), "notify", "notify"
     if violation is None:
         violation = os.environ.get(ENV_VIOLATION, "kill") if _launched() else "kill"
-    rules = rules_for(new)
+    return (
+        _local_rules(new),
+        seccomp.KERNEL_ACTIONS.get(violation, "kill"),
+        seccomp.NEVER_KERNEL_ACTIONS.get(violation, "kill"),
+    )
+
+
+def _install_local(new: frozenset[str], violation: str | None = None) -> None:
+    """A filter with no listener: the kernel itself applies the violation action. Built
+    after the view is locked: only the first pledge looks in the compiled-filter cache (a
+    narrowing one takes no call beyond those it always took), and only at what was read
+    before the lock."""
+    rules, action, never = _filter_for(new, None, violation)
+    program = seccomp.program(
+        rules,
+        violation=action,
+        self_pid=os.getpid(),
+        never_action=never,
+        cache=_promises is None,
+        files=False,
+    )
+    apply(Steps(seccomp=program, tsync=True))
+
+
+def _local_rules(new: frozenset[str]) -> list[Rule]:
+    rules = list(rules_for(new))
     if _launched():
         # The calls the parent decides (notify rows) stay routed by the first filter, whose
         # listener the parent holds: of two filters' answers the kernel takes the stricter,
@@ -251,29 +295,17 @@ def _install_local(new: frozenset[str], violation: str | None = None) -> None:
             for r in rules
             if r.action != "notify" or r in _routed
         ]
-    filt = seccomp.build_filter(
-        rules,
-        violation=seccomp.KERNEL_ACTIONS.get(violation, "kill"),
-        self_pid=os.getpid(),
-        never_action=seccomp.NEVER_KERNEL_ACTIONS.get(violation, "kill"),
-    )
-    apply(Steps(seccomp=seccomp.to_bpf(filt), tsync=True))
+    return rules
 
 
 def _lock_with_parent(
     new: frozenset[str], caps: frozenset[str], exe: frozenset[str] | None
 ) -> None:
-    rules = seccomp_rules(
-        new,
-        exe,
-        resolve_unix=landlock.abi_version() >= landlock.FS_RIGHT_ABI[landlock.RESOLVE_UNIX],
-        # Its own pid, as it sees it (sound without 'proc': nothing can fork; see plan).
-        self_pid=os.getpid(),
+    rules, action, never = _filter_for(new, exe)
+    program = seccomp.program(
+        rules, violation=action, self_pid=os.getpid(), never_action=never, files=False
     )
-    filt = seccomp.build_filter(
-        list(rules), violation="notify", self_pid=os.getpid(), never_action="notify"
-    )
-    listener = apply(Steps(seccomp=seccomp.to_bpf(filt), listener=True, tsync=True))
+    listener = apply(Steps(seccomp=program, listener=True, tsync=True))
     global _routed
     _routed = frozenset(r for r in rules if r.action == "notify")
     try:

@@ -105,6 +105,22 @@ def run(ctx: typer.Context) -> None:
 
 
 @app.command(
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    },
+    help="Keep a warm launcher for this user, which `sandbox run` then uses (see sandbox "
+    "serve --help).",
+    epilog=_examples("sandbox serve --help"),
+)
+def serve(ctx: typer.Context) -> None:
+    from sandbox.serve.server import main  # sandbox.cli.main runs it without typer
+
+    raise typer.Exit(main(list(ctx.args)))
+
+
+@app.command(
     help="Validate policy files; prints nothing but errors (FILE:LINE:COLUMN).",
     epilog=_examples("sandbox check agent.yaml", "sandbox check --set WORK=/srv policies/*.yaml"),
 )

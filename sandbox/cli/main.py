@@ -214,25 +214,52 @@ def _fail(e: SandboxError) -> NoReturn:
     raise SystemExit(e.exit_status)
 
 
+def _run_warm(args: Sequence[str]) -> int | None:
+    """`run` through the warm launcher (sandbox serve) if one listens; None otherwise. The
+    cold path pays an environment lookup and a stat for it, nothing more."""
+    from sandbox.serve.protocol import socket_path
+
+    path = socket_path(os.environ)
+    if path is None or not os.path.exists(path):
+        return None
+    from sandbox.serve.client import run
+
+    return run(args, path)
+
+
 def version_text() -> str:
     from sandbox import __version__
 
     return f"sandbox (outheis-sandbox) {__version__}"
 
 
-def main(argv: Sequence[str] | None = None) -> NoReturn:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    warm: bool = True,
+    exit_with: Callable[[int], NoReturn] = os._exit,
+) -> NoReturn:
+    """The command line. `warm`: let `run` go through a warm launcher when one is reachable;
+    the warm launcher's own launches pass False (they are the cold path) and an exit that
+    reports the status before the process ends (`exit_with`)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args == ["--version"]:  # without typer's import, as `run`
         print(version_text())
         raise SystemExit(0)
     try:
         if args and args[0] == "run":
-            status = run_command(args[1:])
+            status = _run_warm(args[1:]) if warm else None
+            if status is None:
+                status = run_command(args[1:])
             # Interpreter teardown (module finalisers, GC) costs ~20 ms the launch budget
             # cannot spare; everything is flushed and closed by now.
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(status)
+            exit_with(status)
+        if args and args[0] == "serve":
+            from sandbox.serve.server import main as serve
+
+            raise SystemExit(serve(args[1:]))
         from sandbox.cli.commands import app
 
         app(args=args, prog_name="sandbox")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from sandbox import libc
-from sandbox.enforce import hygiene
+from sandbox.enforce import filtercache, hygiene
 from sandbox.enforce.promises import NEVER, NEVER_ARGS
 from sandbox.enforce.rules import SELF_PID, Rule
 from sandbox.errors import SetupError
@@ -295,6 +295,242 @@ def build_filter(
             except OSError as e:
                 raise FilterError(f"libseccomp refused the rule {rule}: {e}") from e
     return filt
+
+
+# --- compiled programs, from the cache where they can be ----------------------------------------
+
+# The installing process's pid (SELF_PID in the rules) reaches the program only as the k of
+# a JEQ on an argument's low word. Built with two placeholders above any pid (pid_max is at
+# most 2^22), the instructions where the builds differ are exactly those slots, and a
+# cached program serves every process: the slots get its pid at load.
+_PID_A, _PID_B = 0x3FFFFFF7, 0x3FFFFFF9
+_BPF_JEQ_K = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
+_INSN = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
+_builder: bytes | None = None
+
+
+def program(
+    rules: Sequence[Rule],
+    *,
+    violation: ViolationAction,
+    self_pid: int,
+    never_action: NeverAction = "kill",
+    cache: bool = True,
+    files: bool = True,
+) -> bytes:
+    """The BPF program of build_filter(rules, ...) for process `self_pid`, from the compiled-
+    filter cache (sandbox.enforce.filtercache) where the caller may use it, else built.
+
+    The cache is used only by a process under no seccomp filter yet (under one, the calls
+    it takes may not be allowed; pass cache=False where even the check of that is one call
+    too many, as a narrowing pledge does). With files=False (a view already locked) only
+    the entries prefetch() read beforehand are looked at. A miss builds the program (and
+    stores it, with files).
+    """
+    if cache and not _filtered():
+        try:
+            found = _cached(rules, violation, never_action, self_pid, files)
+        except OSError:  # a view that hides the cache (Landlock), an unreadable module file
+            found = None
+        if found is not None:
+            return found
+    return to_bpf(
+        build_filter(rules, violation=violation, self_pid=self_pid, never_action=never_action)
+    )
+
+
+_prefetched: dict[bytes, bytes] = {}  # read at a view's lock, verified when used
+_ready: dict[bytes, filtercache.Entry] = {}  # verified (or made) by warm() in this process
+
+
+def prepare_cache() -> None:
+    """Compute now what every cached program() needs (this module's identity, the keyring's
+    secret): a warm launcher does it once for all its launches."""
+    with contextlib.suppress(OSError):
+        _builder_identity()
+        filtercache.secret()
+
+
+def prefetch() -> None:
+    """Read what program() will need from files, for a process about to lock its view
+    (Landlock) before it builds its filter: the recent cache entries, this module's
+    identity. Every failure just means no cache later."""
+    global _prefetched
+    if _filtered():
+        return
+    try:
+        _builder_identity()
+        _prefetched = filtercache.prefetch()
+    except OSError:
+        _prefetched = {}
+
+
+def warm(rules: Sequence[Rule], violation: ViolationAction, never_action: NeverAction) -> None:
+    """Make sure the cache holds the program for `rules` (for a process that builds it
+    after it has hidden the cache from itself: the entry is kept for program(files=False)
+    in this process too). Every failure just means no cache."""
+    if _filtered():
+        return
+    with contextlib.suppress(OSError):
+        key = cache_key(rules, violation=violation, never_action=never_action)
+        entry = filtercache.load(key)
+        if entry is None:
+            entry = _template(rules, violation, never_action)
+            if entry is not None:
+                filtercache.store(key, entry)
+        if entry is not None:
+            _ready[key] = entry
+
+
+def _cached(
+    rules: Sequence[Rule],
+    violation: ViolationAction,
+    never_action: NeverAction,
+    self_pid: int,
+    files: bool,
+) -> bytes | None:
+    if not files and not _prefetched and not _ready:
+        return None
+    key = cache_key(rules, violation=violation, never_action=never_action)
+    entry = _ready.get(key)
+    early = _prefetched.get(key) if entry is None else None
+    mac_key = filtercache.secret() if early is not None else None
+    if early is not None and mac_key is not None:
+        entry = filtercache.decode(key, early, mac_key)
+    if entry is None and files:
+        entry = filtercache.load(key)
+        if entry is None:
+            entry = _template(rules, violation, never_action)
+            if entry is not None:
+                filtercache.store(key, entry)
+    return None if entry is None else with_pid(entry, self_pid)
+
+
+def _filtered() -> bool:
+    import prctl
+
+    try:
+        return bool(prctl.get_seccomp())
+    except OSError:
+        return True
+
+
+def _builder_identity() -> bytes:
+    """What, besides the rules, decides the program: architecture, libseccomp's version and
+    API level, pyseccomp's version, and this module's own code (how rules become a filter)."""
+    global _builder
+    if _builder is None:
+        ps = _lib()
+
+        class Version(ctypes.Structure):
+            _fields_ = [
+                ("major", ctypes.c_uint),
+                ("minor", ctypes.c_uint),
+                ("micro", ctypes.c_uint),
+            ]
+
+        fn = ps._libseccomp.seccomp_version
+        fn.restype = ctypes.POINTER(Version)
+        v = fn().contents
+        with open(__file__, "rb") as f:
+            code = f.read()
+        _builder = (
+            f"arch={native_arch()} libseccomp={v.major}.{v.minor}.{v.micro} api={ps.get_api()} "
+            f"pyseccomp={getattr(ps, '__version__', '?')} code="
+        ).encode() + filtercache.sha256(code).digest()
+    return _builder
+
+
+def _canonical(rule: Rule) -> bytes:
+    # What the compiler reads of a rule (handler and `also` do not reach the kernel).
+    args = ";".join(f"{a.index},{a.op},{a.value},{a.mask}" for a in rule.args)
+    return f"{rule.syscall}|{rule.action}|{args}\n".encode()
+
+
+def cache_key(
+    rules: Sequence[Rule], *, violation: ViolationAction, never_action: NeverAction
+) -> bytes:
+    """The cache's name for a program: a digest of everything that determines it."""
+    h = filtercache.sha256(b"outheis-sandbox filter 1\0" + _builder_identity())
+    h.update(f"\0{violation}\0{never_action}\0".encode())
+    for rule in rules:
+        h.update(_canonical(rule))
+    h.update(b"never\0" + "\0".join(NEVER).encode())
+    for rule, _why in NEVER_ARGS:
+        h.update(_canonical(rule))
+    return h.digest()
+
+
+def _template(
+    rules: Sequence[Rule], violation: ViolationAction, never_action: NeverAction
+) -> filtercache.Entry | None:
+    """A cache entry for `rules`: the program with its pid slots, or None where a pid's value
+    could change the program beyond its slots (then nothing is cached).
+
+    Built with two placeholders, the instructions where the two builds differ must all be
+    a JEQ on the placeholder: those are the slots. libseccomp's layout depends on compared
+    values in two ways, both excluded: it orders the comparisons on one argument by value
+    (so a SELF_PID comparison must be alone on its argument), and it shares identical
+    blocks of code (so a pid equal to any other JEQ constant of the program, a syscall
+    number for one, could share a block: such pids are `forbidden`, built directly). The
+    tests check byte identity with libseccomp's own build across pids and promise sets.
+    """
+
+    def build(pid: int) -> bytes:
+        return to_bpf(
+            build_filter(rules, violation=violation, self_pid=pid, never_action=never_action)
+        )
+
+    a = build(_PID_A)
+    named = _pid_alone(rules)
+    if named is None:
+        return None
+    if not named:
+        return filtercache.Entry(a, (), ())
+    b = build(_PID_B)
+    if len(a) != len(b):
+        return None
+    slots = []
+    for i in range(0, len(a), _INSN.size):
+        if a[i : i + _INSN.size] == b[i : i + _INSN.size]:
+            continue
+        code, jt, jf, k = _INSN.unpack_from(a, i)
+        if _INSN.unpack_from(b, i) != (code, jt, jf, _PID_B) or code != _BPF_JEQ_K or k != _PID_A:
+            return None
+        slots.append(i // _INSN.size)
+    constants = {
+        k
+        for i in range(0, len(a), _INSN.size)
+        if i // _INSN.size not in slots
+        for code, _jt, _jf, k in (_INSN.unpack_from(a, i),)
+        if code == _BPF_JEQ_K
+    }
+    return filtercache.Entry(a, tuple(slots), tuple(sorted(constants)))
+
+
+def _pid_alone(rules: Sequence[Rule]) -> bool | None:
+    """Whether the rules name SELF_PID; None if a SELF_PID comparison is not an equality
+    alone on its argument (no other comparison on that argument of that call)."""
+    every = [*rules, *(r for r, _ in NEVER_ARGS)]
+    places = {(r.syscall, a.index) for r in every for a in r.args if a.value == SELF_PID}
+    for r in every:
+        for a in r.args:
+            if (r.syscall, a.index) in places and (a.value != SELF_PID or a.op != "eq"):
+                return None
+    return bool(places)
+
+
+def with_pid(entry: filtercache.Entry, pid: int) -> bytes | None:
+    """The cached program with `pid` in its slots; None if the template cannot take it."""
+    if not 0 < pid < _PID_A or pid in entry.forbidden:
+        return None
+    out = bytearray(entry.program)
+    for slot in entry.slots:
+        code, _jt, _jf, k = _INSN.unpack_from(out, slot * _INSN.size)
+        if code != _BPF_JEQ_K or k != _PID_A:
+            return None
+        struct.pack_into("=I", out, slot * _INSN.size + 4, pid)
+    return bytes(out)
 
 
 # seccomp(2) itself: libseccomp writes the program, we load it. pyseccomp's public API has

@@ -94,14 +94,15 @@ def _lock(plan: Plan, channel: socket.socket, bpf: bytes) -> None:
     elif bpf:
         listener = apply(replace(steps, landlock=plan.landlock, seccomp=bpf, listener=True))
     else:  # best_effort without user notification: the kernel acts alone
-        kernel_filter = seccomp.build_filter(
+        kernel_filter = seccomp.program(
             plan.rules,
             violation=seccomp.KERNEL_ACTIONS[plan.policy.violation],
             self_pid=os.getpid(),
             never_action=seccomp.NEVER_KERNEL_ACTIONS[plan.policy.violation],
+            cache=False,  # see _agent_init
         )
         listener = apply(
-            replace(steps, landlock=plan.landlock, seccomp=seccomp.to_bpf(kernel_filter))
+            replace(steps, landlock=plan.landlock, seccomp=kernel_filter)
         )
     if listener is None:
         wire.send(channel, {"id": HANDSHAKE_ID, "op": Op.READY})
@@ -123,12 +124,15 @@ def _agent_init(plan: Plan, steps: Steps) -> Steps:
     if init is not None:
         # A bound the kernel holds whatever the agent's init code does: no listener (the
         # agent's own lock brings it), exec allowed for the command itself. Built here: its
-        # signals-to-self rules name this process's pid.
+        # signals-to-self rules name this process's pid. Not from the filter cache: that
+        # pid is 2 in the agent's pid namespace (a syscall number the program compares, so
+        # a cached template could not take it), and in a user namespace of its own the
+        # keyring is not the user's.
         bound = [*rules_for(init | {"unveil"}), *INIT_EXEC_RULES]
-        filt = seccomp.build_filter(
-            bound, violation="kill", self_pid=os.getpid(), never_action="kill"
+        bpf = seccomp.program(
+            bound, violation="kill", self_pid=os.getpid(), never_action="kill", cache=False
         )
-        steps = replace(steps, seccomp=seccomp.to_bpf(filt))
+        steps = replace(steps, seccomp=bpf)
     return steps
 
 

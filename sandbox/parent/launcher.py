@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from sandbox import wire
 from sandbox.enforce import cgroup, seccomp
 from sandbox.enforce.kernel import Features, probe
-from sandbox.enforce.plan import Plan, check_enforceable, compile_plan
+from sandbox.enforce.plan import (
+    AGENT_PID_IN_NAMESPACE,
+    Plan,
+    check_enforceable,
+    compile_plan,
+    seccomp_rules,
+)
 from sandbox.errors import SetupError
 from sandbox.parent import child, reaper
 from sandbox.parent.audit import AuditError, AuditLog, record_error
@@ -199,11 +205,21 @@ class Launch:
         # loads it.
         bpf = b""
         if plan.user_notif and self.policy.lock == "exec":
-            bpf = seccomp.to_bpf(
-                seccomp.build_filter(
-                    plan.rules, violation="notify", self_pid=os.getpid(), never_action="notify"
-                )
+            bpf = seccomp.program(
+                plan.rules, violation="notify", self_pid=os.getpid(), never_action="notify"
             )
+        elif plan.user_notif:
+            # lock: agent: the agent compiles its filter at its own lock, after it may have
+            # hidden the compiled-filter cache from itself (unveil() first): it then finds
+            # only entries it read before, so the one for the policy's promises is made here.
+            # Its rules name its own pid where it is known: 2 in its own pid namespace.
+            rules = seccomp_rules(
+                self.policy.pledge,
+                self.policy.execpromises,
+                resolve_unix=plan.resolve_unix,
+                self_pid=AGENT_PID_IN_NAMESPACE if plan.pidns else None,
+            )
+            seccomp.warm(rules, "notify", "notify")
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = parent_sock
 
@@ -564,12 +580,19 @@ def _now() -> float:
     return time.monotonic()
 
 
+# Set by a warm launch (sandbox.serve.launch): its terminal is its client's, in another
+# session, so it cannot ask it; the client tells. None: ask the terminal.
+terminal_foreground: bool | None = None
+
+
 def _terminal_reaches_agent() -> bool:
     """Whether the launcher's process group (which the agent shares) is the foreground
     group of its controlling terminal: then a terminal's ^C or hang-up reached the agent
     directly, and forwarding it would deliver it twice. A SIGINT sent with kill(1) to the
     launcher alone while it runs in the foreground is then not forwarded either (the
     launcher cannot tell the two apart without siginfo)."""
+    if terminal_foreground is not None:
+        return terminal_foreground
     for fd in (0, 1, 2):
         with contextlib.suppress(OSError):
             if os.isatty(fd):

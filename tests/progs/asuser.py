@@ -82,6 +82,8 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
         "PYTHONPATH": str(ROOT),
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+    if "SANDBOX_TEST_USER_SERVER" in os.environ:  # pytest --sandbox-serve (tests/conftest.py)
+        env["SANDBOX_SERVER"] = os.environ["SANDBOX_TEST_USER_SERVER"]
     env.update(extra or {})
     return env
 
