@@ -218,7 +218,7 @@ def pledge(
         # Load libseccomp, and make sure the compiled-filter cache has the first filter, before
         # Landlock hides the files a lazy import (and the cache) would read.
         seccomp.preload()
-        if first and not _launched_exec():
+        if first and not _launched_exec() and not _unveil_locked:
             seccomp.warm(*_filter_for(new, exe))
         _lock_unveil()
         if _launched() and first:
