@@ -54,6 +54,11 @@ SetOption = Annotated[
 ]
 
 
+# Commands whose arguments their own hand-written parser reads (run, serve): passed as they
+# are, --help included.
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
 @app.callback()
 def main_options(
     version: Annotated[
@@ -89,11 +94,7 @@ def _load(policy: str | None, preset: str | None, sets: list[str] | None) -> obj
 
 
 @app.command(
-    context_settings={
-        "allow_extra_args": True,
-        "ignore_unknown_options": True,
-        "help_option_names": [],
-    },
+    context_settings=PASS_THROUGH,
     help="Run a command under a policy, a preset or inline flags; with a policy, flags only "
     "narrow it (see sandbox run --help).",
     epilog=_examples("sandbox run --help"),
@@ -105,11 +106,7 @@ def run(ctx: typer.Context) -> None:
 
 
 @app.command(
-    context_settings={
-        "allow_extra_args": True,
-        "ignore_unknown_options": True,
-        "help_option_names": [],
-    },
+    context_settings=PASS_THROUGH,
     help="Keep a warm launcher for this user, which `sandbox run` then uses (see sandbox "
     "serve --help).",
     epilog=_examples("sandbox serve --help"),

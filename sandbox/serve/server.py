@@ -98,7 +98,8 @@ def _check_directory(path: str) -> None:
 
 
 def listen(path: str) -> socket.socket:
-    """Bind the listening socket at `path` (mode 0600), replacing a stale socket only."""
+    """Bind the listening socket at `path` (mode 0600, non-blocking), replacing a stale
+    socket only: one that nobody listens on."""
     directory = os.path.dirname(os.path.abspath(path))
     default = P.socket_path({k: v for k, v in os.environ.items() if k != P.ENV_SERVER})
     if default is not None and os.path.abspath(path) == os.path.abspath(default):
@@ -117,15 +118,9 @@ def listen(path: str) -> socket.socket:
             raise ServeError(f"another server listens on {path}")
         finally:
             probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    old = os.umask(0o177)
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old)
-    sock.listen(64)
-    sock.setblocking(False)
-    return sock
+    from sandbox.system.control import listen as private_listener  # the same 0600 socket
+
+    return private_listener(path)
 
 
 class Client:
