@@ -101,9 +101,7 @@ def _lock(plan: Plan, channel: socket.socket, bpf: bytes) -> None:
             never_action=seccomp.NEVER_KERNEL_ACTIONS[plan.policy.violation],
             cache=False,  # see _agent_init
         )
-        listener = apply(
-            replace(steps, landlock=plan.landlock, seccomp=kernel_filter)
-        )
+        listener = apply(replace(steps, landlock=plan.landlock, seccomp=kernel_filter))
     if listener is None:
         wire.send(channel, {"id": HANDSHAKE_ID, "op": Op.READY})
     else:
