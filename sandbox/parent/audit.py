@@ -475,6 +475,7 @@ class AuditLog:
         self._needed = 0  # batch: the last write holding a record that must be durable
         self._dirty_since: float | None = None  # batch: when a write no sync covers began
         self._syncer: threading.Thread | None = None
+        self._syncer_idle = False  # waiting with no deadline: a new write must wake it
         self._flocked = False
         self._broken: str | None = None
         self._closed = False
@@ -719,7 +720,10 @@ class AuditLog:
                 target=self._run_syncer, name=f"audit-sync {self.path}", daemon=True
             )
             self._syncer.start()
-        else:
+        elif self._syncer_idle:
+            # Only an idle syncer is woken: one waiting for the deadline of an earlier
+            # write covers this one too, and waking it for every commit (the GIL handed
+            # to another thread and back) cost more than the commit itself.
             self._cond.notify_all()
 
     def _run_syncer(self) -> None:
@@ -727,7 +731,9 @@ class AuditLog:
             while not self._closed and self._broken is None:
                 since = self._dirty_since
                 if since is None:
+                    self._syncer_idle = True
                     self._cond.wait()
+                    self._syncer_idle = False
                     continue
                 delay = since + self.window - time.monotonic()
                 if delay > 0:
