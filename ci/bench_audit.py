@@ -32,10 +32,13 @@ sys.path.insert(0, str(REPO))
 from sandbox.parent.audit import verify  # noqa: E402
 
 # A writer: waits for "MODE SECONDS" lines on stdin, runs a burst, prints its count.
-# MODE: durable | batch (an AuditLog in that mode) | raw (write + fdatasync, no log).
+# MODE: durable | batch (an AuditLog in that mode); raw (write + fdatasync, no log: what
+# the disk allows); released (flock, write, unlock, fdatasync, no log: the log's protocol
+# without its Python); held (flock, write, fdatasync, unlock: the lock held across the
+# sync, as the log did before).
 WRITER = textwrap.dedent(
     """
-    import os, sys, time
+    import fcntl, os, sys, time
     from sandbox.parent.audit import AuditLog
     path, raw_path = sys.argv[1], sys.argv[2]
     fields = dict(pid=4242, op="open", resource="vault", path="notes/2024/some-note.md",
@@ -45,12 +48,18 @@ WRITER = textwrap.dedent(
     for command in sys.stdin:
         mode, seconds = command.split()
         n = 0
-        if mode == "raw":
+        if mode in ("raw", "released", "held"):
             fd = os.open(raw_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             end = time.perf_counter() + float(seconds)
             while time.perf_counter() < end:
+                if mode != "raw":
+                    fcntl.flock(fd, fcntl.LOCK_EX)
                 os.write(fd, line)
+                if mode == "released":
+                    fcntl.flock(fd, fcntl.LOCK_UN)
                 os.fdatasync(fd)
+                if mode == "held":
+                    fcntl.flock(fd, fcntl.LOCK_UN)
                 n += 1
             os.close(fd)
         else:
@@ -64,7 +73,7 @@ WRITER = textwrap.dedent(
 )
 
 WRITERS = (1, 4, 16)
-MODES = ("durable", "batch", "raw")
+MODES = ("durable", "batch", "raw", "released", "held")
 
 
 def mount_of(path: str) -> str:
@@ -191,15 +200,17 @@ def main() -> int:
         f"fdatasync latency of this disk (write 256 B + fdatasync): p50 {lat['p50']:.0f} us, "
         f"p90 {lat['p90']:.0f} us, p99 {lat['p99']:.0f} us"
     )
-    print(f"{'records/s, median (min-max)':<30}" + "".join(f"{m:>24}" for m in MODES))
+    print(f"{'records/s, median (min-max)':<30}" + "".join(f"{m:>21}" for m in MODES))
     for n in WRITERS:
         cells = []
         for m in MODES:
             s = result["records_per_s"][f"{m} x{n}"]
             cells.append(f"{s['median']:>9,.0f} ({s['min']:,.0f}-{s['max']:,.0f})")
         name = f"{n:>2} writer process{'es' if n > 1 else ''}"
-        print(f"{name:<30}" + "".join(f"{c:>24}" for c in cells))
+        print(f"{name:<30}" + "".join(f"{c:>21}" for c in cells))
     print("raw: write + fdatasync of 256 bytes in a loop, no log (what the disk allows)")
+    print("released: the same, the write under an exclusive flock released before the sync")
+    print("held: the same, the flock held across the fdatasync (the old protocol)")
     print(f"log: {check.records} records, chain {'intact' if check.ok else 'BROKEN'}")
     return 0
 
