@@ -280,6 +280,46 @@ def _plain(fields: Mapping[str, Any], names: tuple[str, ...]) -> bool:
 _HEADS: dict[tuple[str, str], str] = {}
 
 
+def prepare_record(
+    kind: str, agent: str, fields: Mapping[str, Any], kinds: Kinds = REQUIRED
+) -> bytes | None:
+    """The bytes of a record from its kind to its last field (everything but seq, time and
+    prev), for a record of plain values (strings within bounds, numbers): encoded in one
+    call of the C encoder, byte for byte what json.dumps of the whole record gives. None
+    when the values need the copying path (build_line). ValueError for a record that
+    cannot be built. No lock is needed: AuditLog.append encodes before taking the file's."""
+    shape = _shape(kind, tuple(fields), kinds)
+    if isinstance(shape, str):
+        raise ValueError(shape)
+    names, in_order = shape
+    if not _plain(fields, names):
+        return None
+    head = _HEADS.get((kind, agent))
+    if head is None:
+        head = f'"kind":{_ENCODE(kind)},"agent":{_ENCODE(agent)}'
+        if len(_HEADS) < _MAX_SHAPES:
+            _HEADS[(kind, agent)] = head
+    if names:
+        body = _ENCODE(fields if in_order else {n: fields[n] for n in names})
+        head = f"{head},{body[1:-1]}"
+    try:
+        data = head.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: the copying path escapes it
+        return None
+    # seq, time and prev add at most 130 bytes: a record near the bound is measured whole.
+    return data if len(data) + 130 <= MAX_RECORD else None
+
+
+def _finish(seq: int, prev: str, middle: bytes) -> bytes:
+    """A prepared record with its seq, time and prev (under the lock: they are the chain's)."""
+    return b'{"seq":%d,"time":"%s",%s,"prev":"%s"}' % (
+        seq,
+        _now().encode("ascii"),
+        middle,
+        prev.encode("ascii"),
+    )
+
+
 def build_line(
     seq: int,
     kind: str,
@@ -293,33 +333,13 @@ def build_line(
     the record kinds of this log and their fields (the message log has its own);
     `checked`: the caller's values are JSON data within the bounds already (the message
     log's messages, parsed and bounded by sandbox.system.message), not copied again."""
-    shape = _shape(kind, tuple(fields), kinds)
+    middle = prepare_record(kind, agent, fields, kinds)
+    if middle is not None:
+        return _finish(seq, prev, middle)
+    shape = _shape(kind, tuple(fields), kinds)  # cached: prepare_record looked it up
     if isinstance(shape, str):
         raise ValueError(shape)
-    names, in_order = shape
-    if _plain(fields, names):
-        # The common record (strings, numbers): encoded as it is, in one C call. A string
-        # that is not valid UTF-8 (a lone surrogate) fails the encode below and takes the
-        # copying path, which escapes it. Byte for byte what json.dumps of the record
-        # gives (the same encoder, the same key order).
-        head = _HEADS.get((kind, agent))
-        if head is None:
-            head = f'","kind":{_ENCODE(kind)},"agent":{_ENCODE(agent)}'
-            if len(_HEADS) < _MAX_SHAPES:
-                _HEADS[(kind, agent)] = head
-        if names:
-            body = _ENCODE(fields if in_order else {n: fields[n] for n in names})
-            text = f'{{"seq":{seq},"time":"{_now()}{head},{body[1:-1]},"prev":"{prev}"}}'
-        else:
-            text = f'{{"seq":{seq},"time":"{_now()}{head},"prev":"{prev}"}}'
-        try:
-            data = text.encode("utf-8")
-        except UnicodeEncodeError:
-            data = b""
-        if data:
-            if len(data) > MAX_RECORD:
-                raise ValueError(f"audit record {kind}: {len(data)} bytes, more than {MAX_RECORD}")
-            return data
+    names = shape[0]
     record: dict[str, Any] = {"seq": seq, "time": _now(), "kind": kind, "agent": agent}
     for name in names:
         record[name] = fields[name] if checked else _jsonable(fields[name], name)
@@ -372,9 +392,9 @@ def _read_tail(fd: int, size: int, path: str) -> tuple[int, str]:
     span = min(size, _TAIL_READ)
     buf = os.pread(fd, span, size - span)
     if buf.endswith(b"\n"):
-        cut = buf.rfind(b"\n", 0, span - 1)
-        if cut >= 0 or span == size:
-            return _tail_record(fd, path, size - span + cut + 1, buf[cut + 1 : -1])
+        nl = buf.rfind(b"\n", 0, span - 1)
+        if nl >= 0 or span == size:
+            return _tail_record(fd, path, size - span + nl + 1, buf[nl + 1 : -1])
     if os.pread(fd, 1, size - 1) != b"\n":
         # A write cut short: SIGKILL between two pages of a write() (observed with group
         # commits), a power loss. (A full disk leaves no partial line: a failed commit
@@ -615,6 +635,11 @@ class AuditLog:
         """Build and buffer one record; return its seq. Not durable until commit(). A field
         `agent` names the record's agent (default: this log's)."""
         agent = fields.pop("agent", None) or self.agent
+        if self._closed or self._broken is not None:
+            self._usable()
+        # Encoded before the locks: under them only what the chain decides (seq, prev) and
+        # the time are added, so other writers wait less.
+        middle = prepare_record(kind, agent, fields, self.kinds)
         with self._mutex:
             if self._closed or self._broken is not None:
                 self._usable()
@@ -629,9 +654,12 @@ class AuditLog:
                     self._unlock_file()
                     raise self._break(f"cannot read the tail: {e.strerror}") from None
             try:
-                line = build_line(
-                    self._seq + 1, kind, agent, fields, self._prev, self.kinds, self.checked
-                )
+                if middle is not None:
+                    line = _finish(self._seq + 1, self._prev, middle)
+                else:
+                    line = build_line(
+                        self._seq + 1, kind, agent, fields, self._prev, self.kinds, self.checked
+                    )
             except ValueError:
                 if not self._buffer:
                     self._unlock_file()
