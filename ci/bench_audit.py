@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Audit log throughput: 1, 4 and 16 writer processes on one log, durable and batch mode,
-beside what the disk itself allows (write + fdatasync in a loop, no log) and its
-fdatasync latency, measured in the same run.
+beside what the disk itself allows (write + fdatasync in a loop, no log; the same under a
+lock released before the sync, and held across it) and its fdatasync latency, measured
+in the same run.
 
 Every writer is a process with its own AuditLog (as `sandbox run`s sharing one
 --audit-log are) doing record() (append + commit) of an op record in a loop. The setups
 are alternated within each round; a round's figure for a setup is the best of BURSTS
 short bursts; the table shows the median over ROUNDS rounds and the spread (min-max).
 
-Usage: .venv/bin/python ci/bench_audit.py [--dir DIR] [--rounds 9] [--burst 0.2] [--json]
+Usage: ci/bench_audit.py [--dir DIR] [--rounds 9] [--bursts 2] [--burst 0.2] [--json]
 Prints numbers only; asserts nothing. The file system matters most (fdatasync cost):
 the default directory is under /work (the disk), not /tmp.
 """
