@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from progs.syskit import make, systems_fixture  # noqa: F401  # the fixture
 
 from sandbox.enforce import seccomp as sc
 from sandbox.errors import PolicyError
@@ -510,6 +511,17 @@ def test_a_system_file_sets_the_shared_logs_mode(tmp_path: Path) -> None:
         f"{system}:4:3: agent 'b': its policy asks for 'audit: sync: batch', but the agents of "
         "a system share the dispatcher's audit log (durable); set 'audit' in the system file"
     ]
+
+
+def test_a_batch_system_records_its_mode_and_serves(systems: list[Any], tmp_path: Path) -> None:
+    s = make(systems, tmp_path, {"a": {}}, extra={"audit": {"sync": "batch", "window": "5ms"}})
+    s.up()
+    assert s.send("echo in batch mode", to="a") == "in batch mode"
+    assert s.down() == 0
+    starts = s.audit("start")
+    assert starts and all(r["audit"] == {"sync": "batch", "window": 0.005} for r in starts)
+    assert [r["agent"] for r in s.audit("exit")] == ["a"]  # synchronous kinds all there
+    assert verify(s.state / "audit.jsonl").ok
 
 
 # ---------------------------------------------------------------------------- SIGKILL
