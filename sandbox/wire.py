@@ -26,6 +26,15 @@ MAX_FDS = 1  # descriptors attached to one message
 _INT = array.array("i").itemsize
 # Room for exactly MAX_FDS descriptors: more set MSG_CTRUNC and the kernel drops the rest.
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * _INT)
+# Plain ints: the socket module's flags are IntFlag members, and `&` on those goes through
+# the enum machinery (a few microseconds a message on the broker's hot path).
+_MSG_TRUNC = int(socket.MSG_TRUNC)
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_SOL_SOCKET = int(socket.SOL_SOCKET)
+_SCM_RIGHTS = int(socket.SCM_RIGHTS)
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_DECODE = json.JSONDecoder().decode
 
 
 class WireError(ValueError):
@@ -53,7 +62,7 @@ def json_bytes(obj: dict[str, Any]) -> bytes:
     same bytes. WireError for what is not JSON data at all (a programming error).
     """
     try:
-        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = _ENCODE(obj)
     except (TypeError, ValueError, RecursionError) as e:
         raise WireError(f"message is not JSON data: {e}") from None
     return text.encode("utf-8", "backslashreplace")
@@ -76,7 +85,7 @@ def decode(data: bytes, *, reply: bool = False) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise WireError(f"frame is not valid UTF-8 (byte {e.start})") from None
     try:
-        obj = json.loads(text)
+        obj = _DECODE(text)
     except ValueError as e:
         raise WireError(f"frame is not valid JSON ({e})") from None
     except RecursionError:
@@ -84,7 +93,7 @@ def decode(data: bytes, *, reply: bool = False) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise WireError(f"frame is a JSON {type(obj).__name__}, not an object")
     ident = obj.get("id")
-    if not isinstance(ident, int) or isinstance(ident, bool) or not 0 <= ident < 2**63:
+    if type(ident) is not int or not 0 <= ident < 2**63:  # JSON makes ints, never subclasses
         raise WireError("message has no integer 'id' (0 <= id < 2**63)")
     if reply:
         if not isinstance(obj.get("ok"), bool):
@@ -101,10 +110,11 @@ def send(sock: socket.socket, obj: dict[str, Any], fd: int | None = None, flags:
 
 def send_bytes(sock: socket.socket, data: bytes, fd: int | None = None, flags: int = 0) -> None:
     """Send one message already encoded (see encode())."""
-    anc = []
-    if fd is not None:
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
-    n = sock.sendmsg([data], anc, flags)
+    if fd is None:
+        n = sock.sendmsg([data], (), flags)
+    else:
+        rights = array.array("i", (fd,)).tobytes()
+        n = sock.sendmsg([data], [(_SOL_SOCKET, _SCM_RIGHTS, rights)], flags)
     if n != len(data):  # cannot happen with SEQPACKET, but never send half a message silently
         raise WireError(f"short send ({n} of {len(data)} bytes)")
 
@@ -112,7 +122,7 @@ def send_bytes(sock: socket.socket, data: bytes, fd: int | None = None, flags: i
 def _take_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     fds: list[int] = []
     for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
             usable = len(payload) - len(payload) % _INT
             fds.extend(array.array("i", payload[:usable]))
     return fds
@@ -136,8 +146,8 @@ def recv(sock: socket.socket, *, reply: bool = False) -> tuple[dict[str, Any], i
     ChannelClosed at end of stream; BlockingIOError on a non-blocking socket with nothing
     to read; WireError for a bad frame, after closing every descriptor it carried.
     """
-    data, ancdata, msg_flags, _ = sock.recvmsg(MAX_FRAME, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC)
-    fds = _take_fds(ancdata)
+    data, ancdata, msg_flags, _ = sock.recvmsg(MAX_FRAME, _ANC_SPACE, _MSG_CMSG_CLOEXEC)
+    fds = _take_fds(ancdata) if ancdata else []
     if not data and not fds:
         # A zero-length message reads the same as end of stream. Only a peer that has shut
         # down (or closed) its end has ended the channel; a live peer sent an empty frame,
@@ -146,9 +156,9 @@ def recv(sock: socket.socket, *, reply: bool = False) -> tuple[dict[str, Any], i
             raise ChannelClosed("the other end closed the channel")
         raise WireError("empty frame (a message of zero bytes)")
     try:
-        if msg_flags & socket.MSG_TRUNC:
+        if msg_flags & _MSG_TRUNC:
             raise WireError(f"frame larger than {MAX_FRAME} bytes")
-        if msg_flags & socket.MSG_CTRUNC or len(fds) > MAX_FDS:
+        if msg_flags & _MSG_CTRUNC or len(fds) > MAX_FDS:
             raise WireError(f"more than {MAX_FDS} file descriptor attached to one message")
         obj = decode(data, reply=reply)
     except WireError:

@@ -297,13 +297,13 @@ def test_valid_values(tmp_path: Path, text: str, check: object) -> None:
             "bogus: 1\n",
             "2:1: unknown key 'bogus' in the policy; allowed: version, name, command, lock, "
             "init, pledge, execpromises, unveil, network, resources, limits, env, violation, "
-            "qos, best_effort, user, params",
+            "qos, best_effort, user, params, audit",
         ),
         (
             "pledges: stdio\n",
             "2:1: unknown key 'pledges' in the policy (did you mean 'pledge'?); allowed: "
             "version, name, command, lock, init, pledge, execpromises, unveil, network, "
-            "resources, limits, env, violation, qos, best_effort, user, params",
+            "resources, limits, env, violation, qos, best_effort, user, params, audit",
         ),
         (
             "name: !!python/name:os.system x\n",

@@ -91,7 +91,7 @@ def test_every_problem_with_its_location(tmp_path: Path) -> None:
         "sys.yaml:9:42: duplicate child 'b' (already supervised, line 9)",
         "sys.yaml:10:8: route names agent 'nobody', which is not in agents",
         "sys.yaml:11:1: unknown key 'extra' in the system file; allowed: version, name, state, "
-        "agents, supervision, supervisors, route, send_timeout",
+        "agents, supervision, supervisors, route, send_timeout, audit",
     ]
 
 

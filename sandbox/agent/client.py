@@ -145,6 +145,7 @@ class Parent:
         results: dict[int, tuple[dict[str, Any], int | None] | Exception] = {}
         with self._lock:
             ids = self._ids(len(reqs))
+            first = ids[0] if ids else 0
             sent = 0
             while len(results) < len(reqs):
                 while sent < len(reqs) and sent - len(results) < window:
@@ -153,7 +154,12 @@ class Parent:
                     sent += 1
                 reply, fd = self._recv()
                 ident = reply.get("id")
-                if not isinstance(ident, int) or ident not in ids[:sent] or ident in results:
+                # ids are consecutive: a range check, not a search of a fresh list per reply
+                if (
+                    not isinstance(ident, int)
+                    or not first <= ident < first + sent
+                    or ident in results
+                ):
                     if fd is not None:
                         os.close(fd)
                     raise ConnectionError(f"unexpected broker reply id {ident}")
@@ -187,9 +193,15 @@ class Parent:
             raise
 
     def read(self, resource: str, path: str) -> bytes:
-        with self.open(resource, path, "rb") as f:
-            data: bytes = f.read()
-            return data
+        # The descriptor read directly: a file object around it (open()) cost more than
+        # the whole request's Python in the parent.
+        _, fd = self.request(Op.OPEN, resource=resource, path=path, mode="r")
+        if fd is None:
+            raise ConnectionError("broker sent no descriptor for open")
+        try:
+            return _read_fd(fd)
+        finally:
+            os.close(fd)
 
     def read_many(self, resource: str, paths: Sequence[str]) -> list[bytes]:
         """Read several files with pipelined requests; raises the first failure."""

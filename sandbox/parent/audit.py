@@ -15,14 +15,34 @@ to do, commits, and only then lets the operation take effect. A commit that fail
 the log for good: every later append or commit raises AuditError, so the caller refuses
 every later operation (fail closed).
 
+Two durability modes (the policy's `audit: {sync: ..., window: ...}`, see the README):
+
+- `durable` (the default): commit() returns only after an fdatasync that began after
+  this commit's write() has returned. Nothing acknowledged is lost, even on power loss.
+- `batch`: commit() of `op` records returns after the write(); a syncer thread runs
+  fdatasync at most once per `window`, no later than `window` after the first write it
+  has not covered. Every other kind (start, lock, violation, denied, suppressed, exit,
+  error, and other logs' kinds) stays synchronous. A SIGKILL of the writer loses
+  nothing (the bytes are in the kernel's page cache once write() returns); a kernel
+  crash or power loss loses at most the `op` records of the last window (and one
+  fdatasync's duration).
+
 Several writers (one `sandbox run` per agent sharing one log). Each AuditLog holds an
-exclusive flock(2) on the file from its first append to its commit; under the lock it
-re-reads the last line if the file grew, so seq and prev continue whatever another
-process wrote. The wait for the lock is a blocking flock: the kernel wakes waiters when
-it is released, so a busy writer cannot starve the others (a polling loop with sleeps
-did, in test_concurrent_processes_share_one_chain). So commit promptly after append: a
-writer that holds a batch open holds up every other writer of the file. One AuditLog
-per file per process; a second one is refused, as it would wait on the first forever.
+exclusive flock(2) on the file from its first append to the write() of its commit;
+under the lock it re-reads the last line if the file grew, so seq and prev continue
+whatever another process wrote. The chain's order is fixed by the write under the lock,
+so the lock is released *before* the fdatasync: writers sync concurrently, and the
+kernel's journal commits their syncs together (ext4's jbd2 joins fdatasync calls that
+arrive while a commit runs into the next one). fdatasync flushes the file (the inode),
+whichever descriptor or process wrote the bytes, so a sync that began after a write
+covers it. Within one process the log counts its writes and what each sync covered: a
+commit whose write an fdatasync already in flight (begun after it) or finished covers
+waits for that one instead of syncing again. The wait for the lock is a blocking flock:
+the kernel wakes waiters when it is released, so a busy writer cannot starve the others
+(a polling loop with sleeps did, in test_concurrent_processes_share_one_chain). So
+commit promptly after append: a writer that holds a batch open holds up every other
+writer of the file. One AuditLog per file per process; a second one is refused, as it
+would wait on the first forever.
 """
 
 from __future__ import annotations
@@ -97,6 +117,16 @@ MAX_READ_DEPTH = MAX_DEPTH + 2  # the record object and one field level around t
 # continue. Cooperating writers also hold the flock, so they never interleave at all.
 MAX_WRITE = 64 * 1024
 
+# Durability modes (see the module's docstring). The window is bounded: a batch window
+# is a promise about how much a power loss can take, so it stays short.
+SYNC_MODES = ("durable", "batch")
+DEFAULT_WINDOW = 0.002  # seconds
+MAX_WINDOW = 1.0
+# The kinds that batch mode acknowledges before their sync: the per-request records of the
+# broker and of the calls the parent performs. Every other kind is evidence that must
+# survive a crash the moment it is acknowledged (refusals, locks, exits, starts, errors).
+BATCHABLE = frozenset({"op"})
+
 # (st_dev, st_ino) of the logs open in this process: see "One AuditLog per file".
 _OPEN_LOGS: set[tuple[int, int]] = set()
 _OPEN_LOGS_MUTEX = threading.Lock()
@@ -115,10 +145,18 @@ class VerifyResult:
     head: str = ZERO_HASH  # SHA-256 of the last good line: anchor it to detect cut-off tails
 
 
+_SECOND: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+
+
 def _now() -> str:
-    # time, not datetime: its import costs ~2 ms of every launch.
+    # time, not datetime: its import costs ~2 ms of every launch. The seconds' text is
+    # formatted once a second (strftime is most of the cost of a timestamp).
+    global _SECOND
     secs, ns = divmod(time.time_ns(), 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ns // 1000:06d}Z"
+    cached = _SECOND
+    if cached[0] != secs:
+        cached = _SECOND = (secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)))
+    return f"{cached[1]}.{ns // 1000:06d}Z"
 
 
 def _line_hash(line: bytes) -> str:
@@ -192,6 +230,96 @@ def _check_required(
     return None
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+# (kinds table id, kind, field names as given) -> the names in record order, or the
+# ValueError message: checked once per shape, not per record. Shapes come from our code
+# (field names), never from agents; the bound only keeps a bug from growing it.
+_SHAPES: dict[tuple[int, str, tuple[str, ...]], tuple[tuple[str, ...], bool] | str] = {}
+_MAX_SHAPES = 4096
+
+
+def _shape(kind: str, names: tuple[str, ...], kinds: Kinds) -> tuple[tuple[str, ...], bool] | str:
+    """The field names in record order (the kind's fields in table order, then extras in
+    the caller's order) and whether `names` is in that order already, or why a record of
+    this kind cannot have these fields."""
+    key = (id(kinds), kind, names)
+    known = _SHAPES.get(key)
+    if known is not None:
+        return known
+    out: tuple[tuple[str, ...], bool] | str
+    if kind not in kinds:
+        out = f"unknown audit record kind {kind!r} (known: {', '.join(kinds)})"
+    elif clash := RESERVED_KEYS.intersection(names):
+        out = f"audit record {kind}: fields {sorted(clash)} are set by the log"
+    elif (missing := _check_required(kind, names.__contains__, kinds)) is not None:
+        out = f"audit record {kind}: missing field {missing}"
+    else:
+        ordered = [n for group in kinds[kind] for n in group if n in names]
+        order = (*ordered, *(n for n in names if n not in ordered))
+        out = (order, order == names)
+    if len(_SHAPES) < _MAX_SHAPES:
+        _SHAPES[key] = out
+    return out
+
+
+def _plain(fields: Mapping[str, Any], names: tuple[str, ...]) -> bool:
+    """Whether the encoder writes these values as _jsonable would (no copy needed): strings
+    within MAX_STRING, ints, bools, None; the usual record."""
+    for name in names:
+        value = fields[name]
+        kind = type(value)
+        if kind is str:
+            if len(value) > MAX_STRING:
+                return False
+        elif kind is not int and kind is not bool and value is not None:
+            return False
+    return True
+
+
+# (kind, agent) -> the record's text between time and its fields: encoded once.
+_HEADS: dict[tuple[str, str], str] = {}
+
+
+def prepare_record(
+    kind: str, agent: str, fields: Mapping[str, Any], kinds: Kinds = REQUIRED
+) -> bytes | None:
+    """The bytes of a record from its kind to its last field (everything but seq, time and
+    prev), for a record of plain values (strings within bounds, numbers): encoded in one
+    call of the C encoder, byte for byte what json.dumps of the whole record gives. None
+    when the values need the copying path (build_line). ValueError for a record that
+    cannot be built. No lock is needed: AuditLog.append encodes before taking the file's."""
+    shape = _shape(kind, tuple(fields), kinds)
+    if isinstance(shape, str):
+        raise ValueError(shape)
+    names, in_order = shape
+    if not _plain(fields, names):
+        return None
+    head = _HEADS.get((kind, agent))
+    if head is None:
+        head = f'"kind":{_ENCODE(kind)},"agent":{_ENCODE(agent)}'
+        if len(_HEADS) < _MAX_SHAPES:
+            _HEADS[(kind, agent)] = head
+    if names:
+        body = _ENCODE(fields if in_order else {n: fields[n] for n in names})
+        head = f"{head},{body[1:-1]}"
+    try:
+        data = head.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: the copying path escapes it
+        return None
+    # seq, time and prev add at most 130 bytes: a record near the bound is measured whole.
+    return data if len(data) + 130 <= MAX_RECORD else None
+
+
+def _finish(seq: int, prev: str, middle: bytes) -> bytes:
+    """A prepared record with its seq, time and prev (under the lock: they are the chain's)."""
+    return b'{"seq":%d,"time":"%s",%s,"prev":"%s"}' % (
+        seq,
+        _now().encode("ascii"),
+        middle,
+        prev.encode("ascii"),
+    )
+
+
 def build_line(
     seq: int,
     kind: str,
@@ -205,19 +333,15 @@ def build_line(
     the record kinds of this log and their fields (the message log has its own);
     `checked`: the caller's values are JSON data within the bounds already (the message
     log's messages, parsed and bounded by sandbox.system.message), not copied again."""
-    if kind not in kinds:
-        raise ValueError(f"unknown audit record kind {kind!r} (known: {', '.join(kinds)})")
-    clash = RESERVED_KEYS.intersection(fields)
-    if clash:
-        raise ValueError(f"audit record {kind}: fields {sorted(clash)} are set by the log")
-    missing = _check_required(kind, fields.__contains__, kinds)
-    if missing is not None:
-        raise ValueError(f"audit record {kind}: missing field {missing}")
+    middle = prepare_record(kind, agent, fields, kinds)
+    if middle is not None:
+        return _finish(seq, prev, middle)
+    shape = _shape(kind, tuple(fields), kinds)  # cached: prepare_record looked it up
+    if isinstance(shape, str):
+        raise ValueError(shape)
+    names = shape[0]
     record: dict[str, Any] = {"seq": seq, "time": _now(), "kind": kind, "agent": agent}
-    # The kind's fields in table order, then extras in the caller's order.
-    ordered = [n for group in kinds[kind] for n in group if n in fields]
-    ordered += [n for n in fields if n not in ordered]
-    for name in ordered:
+    for name in names:
         record[name] = fields[name] if checked else _jsonable(fields[name], name)
     record["prev"] = prev
     line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -254,10 +378,23 @@ def _line_number(fd: int, offset: int) -> int:
     return lines
 
 
+_TAIL_READ = 4096  # bytes read to find the last line in the usual case (a record < 1 KiB)
+
+
 def _read_tail(fd: int, size: int, path: str) -> tuple[int, str]:
-    """(seq, hash) of the last record of a log of `size` bytes read through `fd`."""
+    """(seq, hash) of the last record of a log of `size` bytes read through `fd`.
+
+    Read under the file lock whenever another writer appended since our last write (with
+    several writers, at nearly every commit): one pread of the last 4 KiB in the usual
+    case, the careful path for a long or a partial last line."""
     if size == 0:
         return 0, ZERO_HASH
+    span = min(size, _TAIL_READ)
+    buf = os.pread(fd, span, size - span)
+    if buf.endswith(b"\n"):
+        nl = buf.rfind(b"\n", 0, span - 1)
+        if nl >= 0 or span == size:
+            return _tail_record(fd, path, size - span + nl + 1, buf[nl + 1 : -1])
     if os.pread(fd, 1, size - 1) != b"\n":
         # A write cut short: SIGKILL between two pages of a write() (observed with group
         # commits), a power loss. (A full disk leaves no partial line: a failed commit
@@ -284,7 +421,12 @@ def _read_tail(fd: int, size: int, path: str) -> tuple[int, str]:
             f"record ({MAX_RECORD} bytes); refusing to continue the chain. Run 'sandbox audit "
             f"verify {path}'."
         )
-    line = os.pread(fd, size - 1 - start, start)
+    return _tail_record(fd, path, start, os.pread(fd, size - 1 - start, start))
+
+
+def _tail_record(fd: int, path: str, start: int, line: bytes) -> tuple[int, str]:
+    """(seq, hash) of the last line, which starts at `start`, or AuditError if it is not
+    a record this log can continue."""
     record = _parse(line)
     seq = record.get("seq") if isinstance(record, dict) else None
     if not isinstance(record, dict) or "seq" not in record:
@@ -322,13 +464,15 @@ class AuditLog:
     Group commit: the parent's event loop reads a batch of broker requests and
     notifications, append()s one record for each, then commit()s once: one write() and
     one fdatasync() per batch instead of per record. fdatasync is the cost that matters
-    (0.2 ms on the CI VM's ext4, milliseconds on many disks: see ci/bench_audit.py,
-    about 13x more records/s with batches of 64), so this keeps the log durable before
-    any operation takes effect without paying one sync per request.
+    (see ci/bench_audit.py, which prints this disk's latency beside its rows), so this
+    keeps the log durable before any operation takes effect without paying one sync per
+    request.
 
-    Thread-safe: one mutex covers append, commit and close, so worker threads and the
-    event loop can share one AuditLog. commit() makes durable every record appended
-    before it, by any thread.
+    Thread-safe: one mutex covers the log's state, so worker threads, the event loop and
+    the batch syncer share one AuditLog. It is not held across an fdatasync: other
+    threads append and write meanwhile. commit() makes durable (in batch mode: written,
+    and durable where a record's kind is not batchable) every record appended before it,
+    by any thread.
     """
 
     def __init__(
@@ -337,16 +481,39 @@ class AuditLog:
         agent: str,
         kinds: Kinds = REQUIRED,
         checked: bool = False,
+        *,
+        sync: str = "durable",
+        window: float = DEFAULT_WINDOW,
     ) -> None:
+        if sync not in SYNC_MODES:
+            raise ValueError(f"audit sync mode {sync!r} unknown (one of {', '.join(SYNC_MODES)})")
+        if not 0 < window <= MAX_WINDOW:
+            raise ValueError(f"audit window {window}s out of range (0 < window <= {MAX_WINDOW}s)")
         self.path = os.fspath(path)
         self.agent = agent
         self.kinds = kinds
         self.checked = checked  # see build_line
+        self.sync = sync
+        self.window = window
+        self._batch = sync == "batch"
         self._mutex = threading.Lock()
+        # Waited on by commits whose records a sync in flight covers, and by the syncer.
+        self._cond = threading.Condition(self._mutex)
         self._buffer: list[bytes] = []  # whole lines, with their newline
+        self._buffer_sync = False  # a buffered record's kind is not batchable
         self._seq = 0  # last seq appended (committed or buffered)
         self._prev = ZERO_HASH  # hash of the last line appended
-        self._end = -1  # file size after our last commit; -1: re-read the tail
+        self._end = -1  # file size after our last write; -1: re-read the tail
+        # Writes (commits that wrote something) counted: a sync that starts after write n
+        # has returned covers writes 1..n, whoever's descriptor wrote them.
+        self._written = 0
+        self._synced = 0  # the last write covered by a finished fdatasync
+        self._syncing = 0  # the last write covered by an fdatasync in flight
+        self._inflight = 0  # fdatasync calls running (close() waits for them)
+        self._needed = 0  # batch: the last write holding a record that must be durable
+        self._dirty_since: float | None = None  # batch: when a write no sync covers began
+        self._syncer: threading.Thread | None = None
+        self._syncer_idle = False  # waiting with no deadline: a new write must wake it
         self._flocked = False
         self._broken: str | None = None
         self._closed = False
@@ -373,6 +540,13 @@ class AuditLog:
         except BaseException:
             self._release()
             raise
+
+    @property
+    def durability(self) -> dict[str, Any]:
+        """The mode in force, as the start record states it."""
+        if self._batch:
+            return {"sync": "batch", "window": self.window}
+        return {"sync": "durable"}
 
     def _release(self) -> None:
         self._closed = True
@@ -430,7 +604,8 @@ class AuditLog:
                 raise self._break(f"cannot unlock: {e.strerror}") from None
 
     def _sync_tail(self) -> None:
-        """Under the flock: continue from what is in the file if someone else wrote."""
+        """Under the flock: continue from what is in the file if someone else wrote. The
+        one fstat of a commit: the size is also where this commit's write begins."""
         size = os.fstat(self._fd).st_size
         if size != self._end:
             self._seq, self._prev = _read_tail(self._rfd, size, self.path)
@@ -460,8 +635,14 @@ class AuditLog:
         """Build and buffer one record; return its seq. Not durable until commit(). A field
         `agent` names the record's agent (default: this log's)."""
         agent = fields.pop("agent", None) or self.agent
-        with self._mutex:
+        if self._closed or self._broken is not None:
             self._usable()
+        # Encoded before the locks: under them only what the chain decides (seq, prev) and
+        # the time are added, so other writers wait less.
+        middle = prepare_record(kind, agent, fields, self.kinds)
+        with self._mutex:
+            if self._closed or self._broken is not None:
+                self._usable()
             if not self._flocked:
                 self._lock_file()
                 try:
@@ -473,33 +654,46 @@ class AuditLog:
                     self._unlock_file()
                     raise self._break(f"cannot read the tail: {e.strerror}") from None
             try:
-                line = build_line(
-                    self._seq + 1, kind, agent, fields, self._prev, self.kinds, self.checked
-                )
+                if middle is not None:
+                    line = _finish(self._seq + 1, self._prev, middle)
+                else:
+                    line = build_line(
+                        self._seq + 1, kind, agent, fields, self._prev, self.kinds, self.checked
+                    )
             except ValueError:
                 if not self._buffer:
                     self._unlock_file()
                 raise
             self._buffer.append(line + b"\n")
+            if kind not in BATCHABLE:
+                self._buffer_sync = True
             self._seq += 1
-            self._prev = _line_hash(line)
+            self._prev = sha256(line).hexdigest()  # _line_hash, inlined: once per record
             return self._seq
 
     def commit(self) -> None:
-        """Write every buffered record and fdatasync; AuditError (log broken) on failure."""
+        """Write every buffered record, then make it durable (see the modes above);
+        AuditError (log broken) on failure."""
         with self._mutex:
             self._usable()
-            self._commit_locked()
+            if self._buffer:
+                self._write_locked()
+            if not self._batch:
+                self._await_sync(self._written)
+            elif self._needed > self._synced:
+                self._await_sync(self._needed)
+            elif self._written > self._synced:
+                self._schedule_sync()
 
-    def _commit_locked(self) -> None:
-        if not self._buffer:
-            return
+    def _write_locked(self) -> None:
+        """Under the mutex and the flock: write the buffer, then release the flock (the
+        chain's order is fixed now; the sync comes after, unlocked)."""
         lines, self._buffer = self._buffer, []
-        start = -1
+        must_sync, self._buffer_sync = self._buffer_sync, False
+        # _sync_tail ran when the flock was taken: under it no cooperating writer
+        # appends, so the file ends here until our write: where to cut back to on failure.
+        start = self._end
         try:
-            # Under the flock no cooperating writer appends, so the file ends here until
-            # our write: where to cut back to if the commit fails.
-            start = os.fstat(self._fd).st_size
             for chunk in _chunks(lines, MAX_WRITE):
                 view = memoryview(chunk)
                 while view:
@@ -508,8 +702,6 @@ class AuditLog:
                         raise OSError(errno.EIO, "write() wrote nothing")
                     view = view[n:]
                     self._end = -1  # the file changed; our size bookkeeping is void
-            os.fdatasync(self._fd)
-            self._end = os.fstat(self._fd).st_size
         except OSError as e:
             # A full disk (or a quota, a file-size limit) stops a write() part of the way
             # through a line. Cut back what this commit wrote, so that no partial line is
@@ -520,7 +712,117 @@ class AuditLog:
             self._cut_back(start)
             self._unlock_file_quietly()
             raise self._break(f"commit failed: {e.strerror or e}") from None
+        self._end = start + sum(map(len, lines))
+        self._written += 1
+        if must_sync:
+            self._needed = self._written
+        if self._batch and self._dirty_since is None:
+            self._dirty_since = time.monotonic()
         self._unlock_file()
+
+    def _await_sync(self, target: int) -> None:
+        """Under the mutex: return once a finished fdatasync covers write `target`."""
+        while self._synced < target:
+            if self._broken is not None:
+                raise AuditError(f"audit log {self.path} is broken ({self._broken}); refusing")
+            if self._syncing >= target:
+                self._cond.wait()  # a sync that began after our write is running
+            else:
+                self._sync_locked()
+
+    def _sync_locked(self) -> None:
+        """Under the mutex: one fdatasync covering every write so far, run unlocked."""
+        cover = self._written
+        self._syncing = max(self._syncing, cover)
+        self._dirty_since = None
+        self._inflight += 1
+        self._mutex.release()
+        error: OSError | None = None
+        try:
+            os.fdatasync(self._fd)
+        except OSError as e:
+            error = e
+        finally:
+            self._mutex.acquire()
+            self._inflight -= 1
+        if error is not None:
+            # The records were written and may be read back, but they are not known to
+            # be durable: the operations they describe are refused (write-ahead), and so
+            # is everything after. (Other writers may have appended since; nothing is
+            # cut back.)
+            broken = self._break(f"commit failed: {error.strerror or error}")
+            self._cond.notify_all()  # commits waiting on this sync must not wait for good
+            raise broken
+        self._synced = max(self._synced, cover)
+        self._cond.notify_all()
+
+    # -- batch mode: the syncer
+
+    def _schedule_sync(self) -> None:
+        """Under the mutex (batch mode, a write no sync covers): the syncer syncs it
+        within the window."""
+        if self._syncer is None:
+            self._syncer = threading.Thread(
+                target=self._run_syncer, name=f"audit-sync {self.path}", daemon=True
+            )
+            self._syncer.start()
+        elif self._syncer_idle:
+            # Only an idle syncer is woken: one waiting for the deadline of an earlier
+            # write covers this one too, and waking it for every commit (the GIL handed
+            # to another thread and back) cost more than the commit itself.
+            self._cond.notify_all()
+
+    def _run_syncer(self) -> None:
+        with self._mutex:
+            while not self._closed and self._broken is None:
+                since = self._dirty_since
+                if since is None:
+                    self._syncer_idle = True
+                    self._cond.wait()
+                    self._syncer_idle = False
+                    continue
+                delay = since + self.window - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                try:
+                    self._sync_locked()
+                except AuditError:
+                    return  # the log is broken; the next commit says so
+
+    def record(self, kind: str, **fields: Any) -> int:
+        """append() and commit(): the record is durable (written, in batch mode, for a
+        batchable kind) when this returns."""
+        seq = self.append(kind, **fields)
+        self.commit()
+        return seq
+
+    def view(self, agent: str) -> AuditLog:
+        """This log under another agent's name: the launches of one dispatcher share one
+        AuditLog (one per file per process), each recording as itself."""
+        return _AgentView(self, agent)
+
+    def close(self) -> None:
+        """Commit what is buffered and sync everything written (if the log works), then
+        close. Waits for syncs in flight; stops the syncer."""
+        syncer = None
+        with self._mutex:
+            if self._closed:
+                return
+            try:
+                if self._broken is None:
+                    if self._buffer:
+                        self._write_locked()
+                    self._await_sync(self._written)
+            finally:
+                self._closed = True
+                self._cond.notify_all()
+                while self._inflight:
+                    self._cond.wait()
+                syncer, self._syncer = self._syncer, None
+                self._release()
+        if syncer is not None and syncer is not threading.current_thread():
+            syncer.join()
 
     def _cut_back(self, start: int) -> None:
         if start < 0:
@@ -536,28 +838,6 @@ class AuditLog:
             # The log is broken already; closing the fd drops the lock anyway.
             with contextlib.suppress(OSError):
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def record(self, kind: str, **fields: Any) -> int:
-        """append() and commit(): the record is durable when this returns."""
-        seq = self.append(kind, **fields)
-        self.commit()
-        return seq
-
-    def view(self, agent: str) -> AuditLog:
-        """This log under another agent's name: the launches of one dispatcher share one
-        AuditLog (one per file per process), each recording as itself."""
-        return _AgentView(self, agent)
-
-    def close(self) -> None:
-        """Commit what is buffered (if the log works), then close."""
-        with self._mutex:
-            if self._closed:
-                return
-            try:
-                if self._broken is None:
-                    self._commit_locked()
-            finally:
-                self._release()
 
     def __enter__(self) -> AuditLog:
         return self
@@ -587,7 +867,11 @@ class _AgentView(AuditLog):
 
     def __init__(self, log: AuditLog, agent: str) -> None:  # opens nothing: shares `log`
         self._log, self.agent, self.path, self.kinds = log, agent, log.path, log.kinds
-        self.checked = log.checked
+        self.checked, self.sync, self.window = log.checked, log.sync, log.window
+
+    @property
+    def durability(self) -> dict[str, Any]:
+        return self._log.durability
 
     @property
     def broken(self) -> str | None:

@@ -30,7 +30,6 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sandbox import wire
@@ -38,7 +37,7 @@ from sandbox.parent import resources
 from sandbox.parent.audit import AuditError, AuditLog, record_error
 from sandbox.parent.ratelimit import RateLimiter, op_key
 from sandbox.policy.model import Policy, Resource
-from sandbox.protocol import DEFAULT_ERROR, ERROR_NAMES, OPS, Op, Phase, missing_field, op_of
+from sandbox.protocol import DEFAULT_ERROR, ERROR_NAMES, OPS, Op, Phase, missing_field
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
@@ -66,18 +65,35 @@ class Denied(PermissionError):
     """A request refused by policy: recorded with decision 'deny'."""
 
 
-@dataclass
 class _Job:
-    """One request of a batch, from decision to reply."""
+    """One request of a batch, from decision to reply. (A plain class with slots: one is
+    made per request, and a dataclass's __init__ costs twice as much.)"""
 
-    id: int
-    fd: int | None = None  # received with the request; closed unless a handler takes it
-    reply: dict[str, Any] | None = None  # decided already (error / denial)
-    record: dict[str, Any] | None = None  # op record fields
-    run: Callable[[], Reply] | None = None  # a synchronous operation, after the commit
-    http: httpres.Prepared | None = None  # an HTTP request, for the pool
-    handler: Handler | None = None  # a registered op
-    request: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("fd", "handler", "http", "id", "record", "reply", "request", "run")
+
+    def __init__(
+        self,
+        id: int,
+        fd: int | None = None,
+        reply: dict[str, Any] | None = None,
+        record: dict[str, Any] | None = None,
+        run: Callable[[], Reply] | None = None,
+        http: httpres.Prepared | None = None,
+        handler: Handler | None = None,
+        request: dict[str, Any] | None = None,
+    ) -> None:
+        self.id = id
+        self.fd = fd  # received with the request; closed unless a handler takes it
+        self.reply = reply  # decided already (error / denial)
+        self.record = record  # op record fields
+        self.run = run  # a synchronous operation, after the commit
+        self.http = http  # an HTTP request, for the pool
+        self.handler = handler  # a registered op
+        self.request: dict[str, Any] = {} if request is None else request
+
+
+# Operations by their wire name: a dict lookup instead of the enum's constructor.
+_OP_NAMES: Mapping[str, Op] = {op.value: op for op in Op}
 
 
 def error_reply(ident: int, exc: BaseException | str, name: str | None = None) -> dict[str, Any]:
@@ -146,6 +162,7 @@ class Broker:
         self.pid = agent_pid
         self.limiter = limiter if limiter is not None else RateLimiter(audit, agent_pid)
         self._environ = dict(environ)
+        self._resources = dict(policy.resources)  # a dict: faster to look up than the proxy
         self._dirs = {
             name: resources.DirResource(name, r.path or "")
             for name, r in policy.resources.items()
@@ -162,6 +179,7 @@ class Broker:
         }
         assert set(self._ops) == {op for op, s in OPS.items() if s.phase is Phase.REQUEST}
         self._handlers: dict[Op, Handler] = {}
+        self._reasons: dict[tuple[str, tuple[str, ...], tuple[str, ...]], tuple[bool, str]] = {}
         self._abuse = 0
         self._send_lock = threading.Lock()  # every send and the close
         self._state_lock = threading.Lock()
@@ -237,7 +255,7 @@ class Broker:
 
     def _plan_guarded(self, msg: dict[str, Any], fd: int | None) -> _Job:
         ident: int = msg["id"]
-        op = op_of(msg["op"])
+        op = _OP_NAMES.get(msg["op"])
         handler = self._handlers.get(op) if op is not None else None
         if handler is not None:
             # The descriptor goes to the handler's job, which closes it on every path.
@@ -288,7 +306,7 @@ class Broker:
     ) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "pid": self.pid,
-            "op": op,
+            "op": str(op),  # a plain str: the log encodes those without copying
             "resource": _clip(msg.get("resource", "")),
         }
         if op == Op.HTTP:
@@ -304,7 +322,7 @@ class Broker:
 
     def _resource(self, req: Mapping[str, Any], kind: str) -> Resource:
         name = _str_field(req, "resource")
-        res = self.policy.resources.get(name)
+        res = self._resources.get(name)
         if res is None:
             raise Denied(f"resource {_clip(name)!r} is not declared in the policy")
         if res.type != kind:
@@ -312,7 +330,22 @@ class Broker:
         return res
 
     def _need(self, resource: str, *rights: str, any_of: tuple[str, ...] = ()) -> str:
-        """The reason an allowed request is allowed, or Denied naming the missing promise."""
+        """The reason an allowed request is allowed, or Denied naming the missing promise.
+        Remembered per question: the policy does not change while the broker serves it."""
+        key = (resource, rights, any_of)
+        known = self._reasons.get(key)
+        if known is None:
+            try:
+                known = (True, self._decide(resource, rights, any_of))
+            except Denied as e:
+                known = (False, str(e))
+            if len(self._reasons) < 4096:
+                self._reasons[key] = known
+        if not known[0]:
+            raise Denied(known[1])
+        return known[1]
+
+    def _decide(self, resource: str, rights: tuple[str, ...], any_of: tuple[str, ...]) -> str:
         caps = self.policy.capabilities
         for right in rights:
             if (resource, right) not in caps:
@@ -335,12 +368,12 @@ class Broker:
         if spec is None:
             known = ", ".join(resources.OPEN_MODES)
             raise ValueError(f"open mode {_clip(mode)!r} unknown (one of {known})")
-        resources.check_path(path)
+        parts = resources.check_path(path)
         reason = self._need(res.name, *sorted(spec.rights))
         want = req.get("create", True) is not False
         may = (res.name, "create") in self.policy.capabilities
         d = self._dirs[res.name]
-        return self._allow(Op.OPEN, req, reason, lambda: ({}, d.open(path, mode, may, want)))
+        return self._allow(Op.OPEN, req, reason, lambda: ({}, d.open(path, mode, may, want, parts)))
 
     def _plan_list(self, req: dict[str, Any]) -> _Job:
         res = self._resource(req, "dir")
@@ -425,11 +458,13 @@ class Broker:
         """Append every record of the batch and commit once; on failure refuse the batch."""
         appended = False
         try:
+            append = self.audit.append
             for job in jobs:
-                if job.record is None or not self._admit(job.record):
+                record = job.record
+                if record is None or (record["decision"] == "deny" and not self._admit(record)):
                     continue
                 try:
-                    self.audit.append("op", **job.record)
+                    append("op", **record)
                     appended = True
                 except ValueError as e:  # a record that cannot be built: refuse that request
                     self._unreserve(job)
@@ -485,14 +520,15 @@ class Broker:
             self._pool.submit(self._run_http, job.id, job.http, job.record or {})
         elif job.handler is not None:
             fd, job.fd, handler = job.fd, None, job.handler
-            self._reply_from(job, lambda: handler(job.request, fd), f"handler {job.request['op']}")
+            self._reply_from(job, lambda: handler(job.request, fd), "handler")
         elif job.run is not None:
-            denial = self._reply_from(job, job.run, f"broker {job.request.get('op')}")
+            denial = self._reply_from(job, job.run, "broker")
             if denial is not None and job.record is not None:
                 follow_up.append({**job.record, "decision": "deny", "reason": denial})
 
-    def _reply_from(self, job: _Job, run: Callable[[], Reply | None], where: str) -> str | None:
-        """Run an operation and send its reply; the reason if it was refused (to record)."""
+    def _reply_from(self, job: _Job, run: Callable[[], Reply | None], who: str) -> str | None:
+        """Run an operation and send its reply; the reason if it was refused (to record).
+        `who`: "broker" or "handler", for the error record (with the request's op)."""
         try:
             result = run()
             if result is None:  # a registered handler that replies later
@@ -512,11 +548,14 @@ class Broker:
             self._send(error_reply(job.id, e))
             return None
         except Exception as e:  # a handler bug must not take the parent down
-            self._internal_error(_clip(where), e)
+            self._internal_error(_clip(f"{who} {job.request.get('op')}"), e)
             self._send(error_reply(job.id, _internal(e), "OSError"))
             return None
         try:
-            self._send({**fields, "id": job.id, "ok": True}, fd)
+            if fields:
+                self._send({**fields, "id": job.id, "ok": True}, fd)
+            else:  # the usual reply (open, remove, ...): no encoder needed
+                self._send_data(b'{"id":%d,"ok":true}' % job.id, fd)
         finally:
             if fd is not None:
                 os.close(fd)
@@ -565,6 +604,9 @@ class Broker:
             if instead is None:
                 return
             data, fd = instead, None
+        self._send_data(data, fd)
+
+    def _send_data(self, data: bytes, fd: int | None) -> None:
         with self._send_lock:
             if self._dead:
                 return

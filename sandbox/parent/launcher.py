@@ -121,7 +121,9 @@ def run(
     argv = list(command) if command else list(policy.command)
     path = resolve_command(argv, plan.env)
     try:
-        audit = AuditLog(audit_path, policy.name)
+        audit = AuditLog(
+            audit_path, policy.name, sync=policy.audit.sync, window=policy.audit.window
+        )
     except (AuditError, OSError) as e:
         raise SetupError(f"audit log {audit_path}: {e}") from e
     with audit:
@@ -271,6 +273,7 @@ class Launch:
                 policy_sha256=policy.sha256,
                 command=[self.path, *self.argv[1:]],
                 enforced=plan.enforced(),
+                audit=self.audit.durability,  # the durability mode in force
             )
         except (OSError, AuditError, SetupError) as e:
             self.kill()

@@ -21,6 +21,7 @@ import errno
 import fcntl
 import os
 import stat
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -45,13 +46,23 @@ DIR_MODE = 0o700
 
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
+# openat2 through its own prototype of syscall(2) (a separate function object: the shared
+# one above keeps no argtypes): ctypes converts plain ints and bytes itself, and struct
+# packs `struct open_how`, which the kernel only reads. Building ctypes objects for each
+# argument cost more than the call (the broker opens a file for most requests).
+_openat2_call = _libc["syscall"]
+_openat2_call.restype = ctypes.c_long
+_openat2_call.argtypes = [
+    ctypes.c_long,
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_size_t,
+]
+_OPEN_HOW = struct.Struct("=QQQ")  # flags, mode, resolve (include/uapi/linux/openat2.h)
 _renameat2 = _libc.renameat2
 _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 _renameat2.restype = ctypes.c_int
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
 class PathError(ValueError):
@@ -62,14 +73,8 @@ def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = CON
     """openat2(2): a new descriptor, or OSError with the kernel's errno."""
     # The kernel refuses a mode (EINVAL) unless the call can create something.
     mode = mode if flags & (os.O_CREAT | os.O_TMPFILE) else 0
-    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    fd = _syscall(
-        ctypes.c_long(SYS_openat2),
-        ctypes.c_int(dirfd),
-        ctypes.c_char_p(os.fsencode(path)),
-        ctypes.byref(how),
-        ctypes.c_size_t(ctypes.sizeof(how)),
-    )
+    how = _OPEN_HOW.pack(flags | os.O_CLOEXEC, mode, resolve)
+    fd = _openat2_call(SYS_openat2, dirfd, os.fsencode(path), how, _OPEN_HOW.size)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
@@ -187,16 +192,25 @@ class DirResource:
 
     # -- open: the one place that makes descriptors for the agent
 
-    def open(self, path: str, mode: str, may_create: bool, want_create: bool = True) -> int:
+    def open(
+        self,
+        path: str,
+        mode: str,
+        may_create: bool,
+        want_create: bool = True,
+        parts: tuple[str, ...] | None = None,
+    ) -> int:
         """A descriptor of a regular file beneath the root, for the agent.
 
         `want_create`: the agent asks for O_CREAT (w/a modes); `may_create`: the policy
         promises RESOURCE:create. Wanted but not promised, a missing file is a denial.
+        `parts`: check_path(path), when the caller has it already.
         """
         spec = OPEN_MODES.get(mode)
         if spec is None:
             raise ValueError(f"open mode {mode!r} unknown (one of {', '.join(OPEN_MODES)})")
-        parts = check_path(path)
+        if parts is None:
+            parts = check_path(path)
         flags = spec.access | os.O_NOCTTY | os.O_NOFOLLOW | os.O_NONBLOCK
         if spec.append:
             flags |= os.O_APPEND

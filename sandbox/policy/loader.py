@@ -42,6 +42,7 @@ from sandbox.policy.model import (
     DEFAULT_ENV_KEEP,
     PERM_LETTERS,
     RESOURCE_RIGHTS,
+    Audit,
     Env,
     Limits,
     LockMode,
@@ -49,6 +50,7 @@ from sandbox.policy.model import (
     Param,
     Policy,
     Resource,
+    SyncMode,
     Unveil,
     absolute,
 )
@@ -60,12 +62,14 @@ from sandbox.policy.nodes import compose as _compose
 from sandbox.policy.nodes import line_col as _line_col
 from sandbox.policy.nodes import read_text
 from sandbox.policy.schema import (
+    AUDIT_KEYS,
     ENV_KEYS,
     ENV_NAME_RE,
     HEADER_NAME_RE,
     INIT_KEYS,
     LIMIT_KEYS,
     LOCK_MODES,
+    MAX_AUDIT_WINDOW,
     MAX_INT,
     MAX_POLICY_BYTES,
     NAME_RE,
@@ -75,6 +79,7 @@ from sandbox.policy.schema import (
     RESOURCE_KEYS,
     RESOURCE_NAME_RE,
     RESOURCE_TYPES,
+    SYNC_MODES,
     TOP_LEVEL_KEYS,
     UNVEIL_ENTRY_KEYS,
     VIOLATION_MODES,
@@ -704,6 +709,32 @@ def _env(ctx: _Ctx, node: yaml.Node) -> Env | None:
     return Env(keep=keep, set=MappingProxyType(values)) if ok else None
 
 
+def audit_settings(ctx: _Ctx, node: yaml.Node, where: str = "audit") -> Audit | None:
+    """`audit: {sync: durable|batch, window: DURATION}` (policies and system files)."""
+    fields = ctx.fields(node, where, AUDIT_KEYS)
+    if fields is None:
+        return None
+    n = fields.get("sync")
+    sync: SyncMode | None = "durable" if n is None else ctx.choice(n, f"{where}.sync", SYNC_MODES)
+    window: float | None = Audit.window
+    n = fields.get("window")
+    if n is not None:
+        window = ctx.duration(n, f"{where}.window")
+        if window is not None and window > MAX_AUDIT_WINDOW:
+            ctx.error(
+                n,
+                f"{where}.window must be at most {MAX_AUDIT_WINDOW:g}s: it bounds what a power "
+                "loss may take from the log",
+            )
+            window = None
+        elif window is not None and sync == "durable":
+            ctx.error(n, f"{where}.window applies only with 'sync: batch' (durable syncs all)")
+            window = None
+    if sync is None or window is None:
+        return None
+    return Audit(sync=sync, window=window)
+
+
 def _user(ctx: _Ctx, node: yaml.Node) -> str | None:
     user = ctx.text_of(node, "user")
     if user is None:
@@ -730,6 +761,7 @@ _SECTIONS: Mapping[str, Callable[[_Ctx, yaml.Node], object]] = MappingProxyType(
         "command": _command,
         "limits": _limits,
         "env": _env,
+        "audit": audit_settings,
         "violation": lambda ctx, n: ctx.choice(n, "violation", VIOLATION_MODES),
         "qos": lambda ctx, n: ctx.choice(n, "qos", QOS_LEVELS),
         "best_effort": lambda ctx, n: ctx.boolean(n, "best_effort"),

@@ -22,6 +22,7 @@ LockMode = Literal["exec", "agent"]
 ViolationMode = Literal["kill", "errno", "log"]
 Qos = Literal["interactive", "initiated", "utility", "background"]
 ResourceType = Literal["dir", "http", "agent"]
+SyncMode = Literal["durable", "batch"]
 
 # Rights each resource type knows; a capability promise RESOURCE:RIGHT must name one.
 RESOURCE_RIGHTS: Mapping[str, frozenset[str]] = MappingProxyType(
@@ -81,6 +82,17 @@ class Env:
 
 
 @dataclass(frozen=True)
+class Audit:
+    """How the audit log makes records durable (sandbox.parent.audit, README "Durability").
+
+    durable: every record is synced before the operation it describes is acknowledged;
+    batch: op records are acknowledged once written and synced within `window` seconds."""
+
+    sync: SyncMode = "durable"
+    window: float = 0.002  # seconds; batch only
+
+
+@dataclass(frozen=True)
 class Param:
     """A declared parameter (`params:`): its meaning, its default, the value it had."""
 
@@ -107,6 +119,7 @@ class Policy:
     resources: Mapping[str, Resource] = field(default_factory=lambda: MappingProxyType({}))
     limits: Limits = Limits()
     env: Env = Env()
+    audit: Audit = Audit()
     violation: ViolationMode = "kill"
     qos: Qos | None = None
     best_effort: bool = False
@@ -235,6 +248,7 @@ def policy_to_dict(p: Policy) -> dict[str, Any]:
         "resources": {name: _resource_dict(r) for name, r in sorted(p.resources.items())},
         "limits": dataclasses.asdict(p.limits),
         "env": {"keep": list(p.env.keep), "set": dict(p.env.set)},
+        "audit": {"sync": p.audit.sync, "window": p.audit.window},
         "violation": p.violation,
         "qos": p.qos,
         "best_effort": p.best_effort,

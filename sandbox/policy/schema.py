@@ -19,6 +19,7 @@ from sandbox.policy.model import (
     RESOURCE_RIGHTS,
     LockMode,
     Qos,
+    SyncMode,
     ViolationMode,
 )
 
@@ -49,6 +50,9 @@ LOCK_MODES: tuple[LockMode, ...] = ("exec", "agent")
 VIOLATION_MODES: tuple[ViolationMode, ...] = ("kill", "errno", "log")
 QOS_LEVELS: tuple[Qos, ...] = ("interactive", "initiated", "utility", "background")
 RESOURCE_TYPES = tuple(RESOURCE_RIGHTS)
+SYNC_MODES: tuple[SyncMode, ...] = ("durable", "batch")
+# A batch window is how much a power loss may take: bounded (sandbox.parent.audit.MAX_WINDOW).
+MAX_AUDIT_WINDOW = 1.0  # seconds
 
 NAME_RE = re.compile(r"[a-z][a-z0-9-]*")
 RESOURCE_NAME_RE = re.compile(r"[a-z][a-z0-9_-]*")
@@ -148,6 +152,19 @@ LIMIT_KEYS: Mapping[str, Field] = {
     "file_size": Field(_ref("size"), "largest file a process may write (RLIMIT_FSIZE)"),
 }
 
+AUDIT_KEYS: Mapping[str, Field] = {
+    "sync": Field(
+        {"enum": list(SYNC_MODES)},
+        "durable (default): every record synced before it is acknowledged; batch: op "
+        "records acknowledged once written, synced within the window",
+    ),
+    "window": Field(
+        _ref("duration"),
+        "batch only: the longest an acknowledged op record waits for its sync; default 2ms, "
+        "at most 1s",
+    ),
+}
+
 PARAM_KEYS: Mapping[str, Field] = {
     "default": Field(_STRING, "the value when --set does not give one; may use ${CWD}, ${HOME}"),
     "doc": Field(_STRING, "what the parameter means, for `sandbox presets`"),
@@ -215,6 +232,7 @@ TOP_LEVEL_KEYS: Mapping[str, Field] = {
         "parameters used as ${NAME} in paths and the command; set with --set NAME=VALUE "
         "(a string value is the doc, with no default)",
     ),
+    "audit": Field(_object(AUDIT_KEYS), "how the audit log makes its records durable"),
 }
 
 

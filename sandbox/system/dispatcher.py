@@ -242,7 +242,14 @@ class Dispatcher:
             if cut:
                 _say(f"{path}: dropped {cut} bytes of a record cut short by a crash")
         try:
-            self.audit = AuditLog(self.system.audit_log, "dispatcher", kinds=AUDIT_KINDS)
+            durability = self.system.audit
+            self.audit = AuditLog(
+                self.system.audit_log,
+                "dispatcher",
+                kinds=AUDIT_KINDS,
+                sync=durability.sync,
+                window=durability.window,
+            )
             self.msglog = msglog.open_log(self.system.message_log)
         except AuditError as e:
             raise SetupError(str(e)) from e

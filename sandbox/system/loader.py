@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from sandbox.errors import PolicyError, Problem
-from sandbox.policy.loader import load_policy
-from sandbox.policy.model import Qos, absolute
+from sandbox.policy.loader import audit_settings, load_policy
+from sandbox.policy.model import Audit, Qos, absolute
 from sandbox.policy.nodes import Ctx, compose, read_text
 from sandbox.policy.schema import MAX_INT, NAME_RE, QOS_LEVELS, Field, suggest
 from sandbox.system.model import (
@@ -65,6 +65,9 @@ TOP_KEYS: Mapping[str, Field] = {
     "supervisors": Field({"type": "object"}, "named supervisors, referred to in children"),
     "route": Field(_S, "where a user message without @name goes; default: the first agent"),
     "send_timeout": Field(_S, "how long a send waits on a full inbox; default 5s"),
+    "audit": Field(
+        {"type": "object"}, "{sync: durable|batch, window}: the shared audit log's durability"
+    ),
 }
 
 
@@ -165,8 +168,21 @@ def _build(ctx: Ctx, root: _yaml.Node, filename: str, sha: str) -> System | None
         elif value is not None:
             route = value
 
-    for spec in agents.values():
+    audit = Audit()
+    node = top.get("audit")
+    if node is not None:
+        audit = audit_settings(ctx, node) or audit
+    for agent, spec in agents.items():
         _check_sends(ctx, spec, known)
+        # One audit log for the whole system: an agent cannot have a mode of its own.
+        if spec.policy.audit not in (Audit(), audit):
+            mode = spec.policy.audit.sync
+            ctx.error(
+                agent_nodes[agent],
+                f"agent '{agent}': its policy asks for 'audit: sync: {mode}', but the agents of a "
+                f"system share the dispatcher's audit log ({audit.sync}); set 'audit' in the "
+                "system file",
+            )
     if ctx.problems or tree is None:
         return None
     return System(
@@ -179,6 +195,7 @@ def _build(ctx: Ctx, root: _yaml.Node, filename: str, sha: str) -> System | None
         tree=tree,
         route=route,
         send_timeout=send_timeout,
+        audit=audit,
     )
 
 

@@ -9,10 +9,10 @@ decisions themselves are in sandbox.system.supervisor.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from sandbox.policy.model import Policy, Qos
+from sandbox.policy.model import Audit, Policy, Qos
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 Restart = Literal["permanent", "transient", "temporary"]
@@ -80,6 +80,8 @@ class System:
     tree: SupervisorSpec
     route: str
     send_timeout: float = DEFAULT_SEND_TIMEOUT
+    # The dispatcher's audit log, shared by every agent's launch (its start records say so).
+    audit: Audit = field(default_factory=Audit)
 
     @property
     def message_log(self) -> str:
