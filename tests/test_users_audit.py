@@ -260,6 +260,7 @@ def test_with_audit_off_nothing_is_claimed_and_the_failure_says_so(
     assert not r.of_kind("denied")
     assert r.of_kind("start")[0]["enforced"]["landlock_refusals"].startswith("not reported")
     # At a terminal the failure says why nothing is named, and what would name it.
+    assert kaudit.status().enabled == 0  # still off: nothing else switched it meanwhile
     leader, follower = pty.openpty()
     argv = [PY, "-m", "sandbox", "run", "-p", "stdio rpath", "-v", BASE[0], "-v", BASE[1]]
     argv += ["--audit-log", str(tmp_path / "tty.jsonl"), "--", "cat", str(secret)]
