@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "ci"))
 
-from bench_audit import fdatasync_latency, mount_of, pct  # noqa: E402
+from bench_audit import fdatasync_latency, latency_us, mount_of  # noqa: E402
 
 from sandbox.agent.client import PIPELINE_WINDOW  # noqa: E402
 from sandbox.parent.audit import AuditLog, verify  # noqa: E402
@@ -206,11 +206,7 @@ def main() -> int:
     result: dict[str, Any] = {
         "directory": where,
         "rounds": args.rounds,
-        "fdatasync_us": {
-            "p50": pct(latency, 50) * 1e6,
-            "p90": pct(latency, 90) * 1e6,
-            "p99": pct(latency, 99) * 1e6,
-        },
+        "fdatasync_us": latency_us(latency),
         "ops_per_s": {k: summary(v) for k, v in rates.items()},
         "p50_us": {k: statistics.median(v) for k, v in p50s.items()},
         "audit": {
