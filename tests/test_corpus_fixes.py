@@ -29,9 +29,8 @@ from pathlib import Path
 
 import pytest
 from progs.corpus import VIOLATION_EXIT, WHO, Recipe, Work, work_dir
-from progs.snippets import kernel_audit_unavailable, sandbox_cli
+from progs.snippets import kernel_audit_switched, kernel_audit_unavailable, sandbox_cli
 
-from sandbox import kaudit
 from sandbox.enforce import syscalls as S
 from sandbox.enforce.plan import seccomp_rules, trace_rules
 from sandbox.enforce.rules import match
@@ -231,12 +230,8 @@ def kernel_audit_on() -> Iterator[None]:
     why = kernel_audit_unavailable()
     if why is not None:
         pytest.skip(why)
-    before = kaudit.status().enabled
-    kaudit.set_enabled(1)
-    try:
+    with kernel_audit_switched(1):
         yield
-    finally:
-        kaudit.set_enabled(before)
 
 
 PROBES = """

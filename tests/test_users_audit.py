@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from progs.snippets import kernel_audit_unavailable
+from progs.snippets import kernel_audit_switched, kernel_audit_unavailable
 
 from sandbox import kaudit
 from sandbox.enforce import landlock
@@ -46,13 +46,8 @@ needs_audit = pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))
 
 def _kernel_audit(enabled: int) -> Iterator[None]:
     """Kernel audit switched to `enabled` for one test, restored to what it was after."""
-    before = kaudit.status().enabled
-    kaudit.set_enabled(enabled)
-    try:
+    with kernel_audit_switched(enabled):
         yield
-    finally:
-        kaudit.set_enabled(before)
-        assert kaudit.status().enabled == before
 
 
 @pytest.fixture

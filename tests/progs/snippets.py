@@ -112,6 +112,37 @@ def tcp_servers(ports: Sequence[int], greeting: bytes = b"") -> Iterator[list[in
             s.close()
 
 
+# Kernel audit is host-wide: a test that switches it holds this lock for its whole length,
+# so two suites on one machine (a developer's and CI's, two worktrees) never switch it under
+# each other's feet (a launcher started while another suite had it on reports refusals that
+# the test expects not to be reported).
+KERNEL_AUDIT_LOCK = "/run/lock/outheis-sandbox-tests-kernel-audit"
+
+
+@contextlib.contextmanager
+def kernel_audit_switched(enabled: int) -> Iterator[None]:
+    """Kernel audit switched to `enabled` for the block, restored to what it was after,
+    with every other test run on this machine kept from switching it meanwhile."""
+    import fcntl
+
+    from sandbox import kaudit
+
+    lock_dir = os.path.dirname(KERNEL_AUDIT_LOCK)
+    path = KERNEL_AUDIT_LOCK if os.path.isdir(lock_dir) else "/tmp/outheis-sandbox-kernel-audit"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        before = kaudit.status().enabled
+        kaudit.set_enabled(enabled)
+        try:
+            yield
+        finally:
+            kaudit.set_enabled(before)
+            assert kaudit.status().enabled == before
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def kernel_audit_unavailable() -> str | None:
     """Why Landlock's audit records cannot be read here (None: they can, as root)."""
     from sandbox import kaudit
