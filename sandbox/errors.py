@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from sandbox.plain import plain
 
 
 class SandboxError(Exception):
@@ -11,7 +11,7 @@ class SandboxError(Exception):
     exit_status = 3
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Problem:
     """One problem in a policy, with its location (line and column from 1)."""
 

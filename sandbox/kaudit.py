@@ -17,7 +17,8 @@ import contextlib
 import os
 import socket
 import struct
-from dataclasses import dataclass
+
+from sandbox.plain import plain
 
 NETLINK_AUDIT = 9
 AUDIT_GET = 1000
@@ -34,7 +35,7 @@ _STATUS = struct.Struct("=11I")
 LISTEN_BUFFER = 4 << 20  # records arrive in bursts (one per refusal): keep room for them
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Status:
     enabled: int  # 0 off, 1 on, 2 on and locked until reboot
     pid: int  # auditd's pid, 0 without auditd

@@ -25,7 +25,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import replace
 
 from sandbox import procfs, wire
 from sandbox.enforce import landlock, seccomp
@@ -33,6 +32,7 @@ from sandbox.enforce.apply import Steps, apply
 from sandbox.enforce.plan import seccomp_rules
 from sandbox.enforce.promises import PROMISE_NAMES, rules_for
 from sandbox.enforce.rules import Rule
+from sandbox.plain import replace
 from sandbox.policy.model import PERM_LETTERS, perm_string
 from sandbox.protocol import (
     ENV_AGENT,

@@ -15,12 +15,12 @@ import sys
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sandbox.errors import UsageError
 from sandbox.parent import audit
+from sandbox.plain import plain
 
 POLL_SECONDS = 0.2
 TAIL = 10  # records shown before following, as journalctl -f and tail -f do
@@ -55,7 +55,7 @@ def _looks_absolute(text: str) -> bool:
     return len(text) >= 10 and text[4] == "-" and text[7] == "-"
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Filter:
     agent: str | None = None
     kind: str | None = None

@@ -219,13 +219,12 @@ def doctor(
     ),
 )
 def presets(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    import dataclasses
-
     from sandbox import presets as shipped
+    from sandbox.plain import asdict
 
     infos = [shipped.info(name) for name in shipped.names()]
     if as_json:
-        print(json.dumps([dataclasses.asdict(i) for i in infos], indent=2))
+        print(json.dumps([asdict(i) for i in infos], indent=2))
         return
     for i in infos:
         print(f"{i.name}: {i.summary}")

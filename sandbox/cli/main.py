@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NoReturn
 
 from sandbox.errors import PolicyError, SandboxError, UsageError
+from sandbox.plain import field, plain
 from sandbox.policy.narrow import Flags
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def default_audit_log() -> str:
     return os.path.join(state, "outheis-sandbox", "audit.jsonl")
 
 
-@dataclass
+@plain
 class RunArgs:
     policy: str | None = None
     preset: str | None = None

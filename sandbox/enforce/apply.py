@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
 
 from sandbox.enforce import hygiene, landlock, mounts, seccomp
+from sandbox.plain import plain
 from sandbox.protocol import BROKER_FD
 
 
-@dataclass(frozen=True, slots=True)
+@plain(frozen=True)
 class Steps:
     rlimits: tuple[tuple[int, int], ...] | None = None  # None: leave limits (and cores) alone
     qos: str | None = None

@@ -18,10 +18,10 @@ import errno
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 
 from sandbox.enforce.kernel import CGROUP_DELEGATE_HINT, Features
 from sandbox.errors import SetupError
+from sandbox.plain import field, plain
 
 V1_ROOT = "/sys/fs/cgroup"
 
@@ -44,7 +44,7 @@ def _write(path: str, value: str) -> None:
         f.write(value)
 
 
-@dataclass
+@plain
 class Cgroup:
     """One cgroup per controller hierarchy, created for one run and removed after it."""
 

@@ -12,12 +12,12 @@ import ctypes
 import errno
 import functools
 import os
-from dataclasses import dataclass
 from typing import NoReturn
 
 from sandbox.enforce import landlock, userns
 from sandbox.errors import SetupError
 from sandbox.libc import libc
+from sandbox.plain import plain
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
@@ -51,7 +51,7 @@ CGROUP_DELEGATE_HINT = "systemd-run --user --scope -p Delegate=yes sandbox run .
 CGROUP_NEED = frozenset({"memory", "pids"})
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Features:
     landlock_abi: int
     seccomp_actions: frozenset[str]

@@ -15,11 +15,11 @@ import os
 import stat
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 
 from sandbox.errors import SetupError
 from sandbox.libc import libc
+from sandbox.plain import plain
 
 SYS_CREATE_RULESET = 444
 SYS_ADD_RULE = 445
@@ -153,13 +153,13 @@ def right_names(mask: int) -> list[str]:
     return [name for bit, name in FS_RIGHT_NAMES.items() if mask & bit]
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class PathRule:
     path: str
     access: int  # Landlock fs rights (before masking to what the path and the ABI allow)
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class LandlockPlan:
     handled_fs: int
     paths: tuple[PathRule, ...]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import resource
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sandbox.enforce import landlock, mounts
@@ -24,6 +23,7 @@ from sandbox.enforce.promises import (
 )
 from sandbox.enforce.rules import SELF_PID, Arg, Rule
 from sandbox.errors import SetupError
+from sandbox.plain import field, plain, replace
 from sandbox.policy.model import Policy, Unveil
 from sandbox.protocol import (
     BROKER_FD,
@@ -49,7 +49,7 @@ RLIMIT_OF = {
 }
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Requirement:
     """A mechanism the policy needs; `missing` says why it cannot be had here (None: fine)."""
 
@@ -58,7 +58,7 @@ class Requirement:
     missing: str | None
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Plan:
     policy: Policy
     rules: tuple[Rule, ...]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
 
 from sandbox.enforce import sockopts
@@ -35,10 +34,11 @@ from sandbox.enforce.rules import (
     match,
     rule_matches,
 )
+from sandbox.plain import plain
 from sandbox.protocol import BROKER_FD
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Promise:
     name: str
     summary: str
@@ -941,7 +941,7 @@ def _missing(
 # --- hints: the promise that fits, where the rows alone would name another --------------------
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Hint:
     """A refused call whose fix is not what its rows name: glibc's nscd probe is a unix
     socket, but the program wanted a user name (getpw) or a host name (dns).
@@ -1053,7 +1053,7 @@ def _hint_applies(hint: Hint, syscall: str, args: Sequence[int], mem: S.Memory |
     return True
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Refusal:
     """What a refused call needs: `promise` (the promises missing, space-separated) or None
     if nothing ever allows it; `note` says more (which promise fits what, why never)."""

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
+
+from sandbox.plain import plain
 
 CmpOp = Literal["eq", "ne", "lt", "le", "gt", "ge", "masked_eq"]
 
@@ -24,7 +25,7 @@ CmpOp = Literal["eq", "ne", "lt", "le", "gt", "ge", "masked_eq"]
 SELF_PID = -1
 
 
-@dataclass(frozen=True, slots=True)
+@plain(frozen=True)
 class Arg:
     """Condition on system-call argument `index` (0-5), as libseccomp's scmp_arg_cmp.
 
@@ -44,7 +45,7 @@ class Arg:
 RuleAction = Literal["allow", "enosys", "notify"]
 
 
-@dataclass(frozen=True, slots=True)
+@plain(frozen=True)
 class Rule:
     syscall: str
     args: tuple[Arg, ...] = ()

@@ -16,7 +16,6 @@ import fcntl
 import os
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from sandbox import libc
@@ -24,6 +23,7 @@ from sandbox.enforce import filtercache, hygiene
 from sandbox.enforce.promises import NEVER, NEVER_ARGS
 from sandbox.enforce.rules import SELF_PID, Rule
 from sandbox.errors import SetupError
+from sandbox.plain import plain
 
 if TYPE_CHECKING:
     import pyseccomp
@@ -664,7 +664,7 @@ SECCOMP_ADDFD_FLAG_SETFD = 1
 SECCOMP_ADDFD_FLAG_SEND = 2
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Notification:
     id: int
     pid: int  # in the listener's pid namespace

@@ -59,12 +59,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from sandbox.errors import SandboxError
+from sandbox.plain import plain
 
 if TYPE_CHECKING:
     from hashlib import sha256
@@ -136,7 +136,7 @@ class AuditError(SandboxError):
     """The audit log cannot be opened or written; the caller must refuse the operation."""
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class VerifyResult:
     ok: bool
     records: int  # records that passed every check

@@ -13,7 +13,6 @@ import contextlib
 import errno
 import os
 import socket
-from dataclasses import replace
 from typing import NoReturn
 
 from sandbox import wire
@@ -23,6 +22,7 @@ from sandbox.enforce.plan import Plan
 from sandbox.enforce.promises import rules_for
 from sandbox.enforce.rules import Rule
 from sandbox.errors import SetupError
+from sandbox.plain import replace
 from sandbox.protocol import HANDSHAKE_ID, Op
 
 HANDSHAKE_TIMEOUT = 30.0

@@ -36,13 +36,13 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 from sandbox import kaudit, procfs
 from sandbox.enforce.landlock import FS_RIGHT_NAMES, PERM_RIGHTS
 from sandbox.enforce.promises import IMPLIED_UNVEILS
 from sandbox.parent.audit import AuditError, AuditLog
 from sandbox.parent.audit import _safe as terminal_safe
+from sandbox.plain import field, plain
 from sandbox.policy.model import Unveil, effective_perms, perm_string
 
 AUDIT_SYSCALL = 1300
@@ -154,7 +154,7 @@ def _int(value: str | None, base: int = 10) -> int | None:
         return None
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Refusal:
     """One refusal by Landlock, as the kernel reported it (or as the parent read it)."""
 
@@ -247,7 +247,7 @@ def fix_for(r: Refusal, unveils: Iterable[Unveil], pledge: Iterable[str] = ()) -
     return f"Landlock refused {call}: {what}", "no policy allows it"
 
 
-@dataclass
+@plain
 class Reporter:
     """Writes one `denied` record and one stderr line per distinct refusal."""
 

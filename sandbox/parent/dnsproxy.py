@@ -16,17 +16,17 @@ import ipaddress
 import os
 import socket
 import struct
-from dataclasses import dataclass
 
 from sandbox import procfs
 from sandbox.libc import libc as _libc
+from sandbox.plain import plain
 
 SYS_PIDFD_GETFD = 438
 MAX_DATAGRAM = 65536
 RESOLV_CONF = "/etc/resolv.conf"
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class DnsResult:
     allowed: bool
     value: int = 0

@@ -24,8 +24,9 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
+
+from sandbox.plain import plain
 
 if TYPE_CHECKING:
     import http.client
@@ -58,7 +59,7 @@ class HttpError(ValueError):
     """A request the agent built wrongly (bad header, body too large, ...)."""
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Prepared:
     method: str
     url: str
@@ -176,7 +177,7 @@ def prepare(resource: Resource, request: Mapping[str, Any], environ: Mapping[str
     )
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Response:
     status: int
     headers: list[tuple[str, str]]

@@ -26,7 +26,6 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from sandbox import wire
@@ -48,6 +47,7 @@ from sandbox.parent.lockgate import LockGate
 from sandbox.parent.loop import EventLoop, Failure, Timer
 from sandbox.parent.notify import Supervisor
 from sandbox.parent.ratelimit import RateLimiter
+from sandbox.plain import plain
 from sandbox.policy.model import Policy
 from sandbox.protocol import Op
 
@@ -67,7 +67,7 @@ FROM_TERMINAL = frozenset({signal.SIGINT, signal.SIGQUIT, signal.SIGHUP})
 WATCHED_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)
 
 
-@dataclass
+@plain
 class RunResult:
     status: int  # what `sandbox run` exits with
     pid: int

@@ -15,11 +15,11 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from sandbox.enforce.plan import AGENT_PID_IN_NAMESPACE, Plan, brought_files, seccomp_rules
 from sandbox.parent.audit import AuditError, AuditLog
+from sandbox.plain import plain, replace
 from sandbox.policy.model import PERM_LETTERS, Policy, Unveil, perm_string, unveil_beyond
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from sandbox.parent.notify import Supervisor
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Declaration:
     pledge: frozenset[str]
     capabilities: frozenset[tuple[str, str]]

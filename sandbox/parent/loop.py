@@ -26,8 +26,9 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Protocol
+
+from sandbox.plain import plain
 
 Handler = Callable[[], object]
 
@@ -39,7 +40,7 @@ class _HasFileno(Protocol):
 MAX_FAILURES = 8  # failures in a row of one descriptor's handler before it is dropped
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Failure:
     """A handler that raised: where (its name), the exception, and whether the loop stopped
     watching its descriptor because of it."""

@@ -15,7 +15,6 @@ import os
 import select
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sandbox import procfs
@@ -26,6 +25,7 @@ from sandbox.enforce.rules import match
 from sandbox.enforce.syscalls import Memory, decode_args
 from sandbox.parent.audit import AuditError, AuditLog, record_error
 from sandbox.parent.ratelimit import RateLimiter, violation_key
+from sandbox.plain import field, plain
 
 if TYPE_CHECKING:
     from sandbox.parent.denials import Reporter
@@ -105,7 +105,7 @@ def _own_ns_tids(tid: int) -> set[int]:
     return out
 
 
-@dataclass
+@plain
 class Supervisor:
     plan: Plan
     audit: AuditLog

@@ -44,7 +44,6 @@ import socket
 import struct
 import sys
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sandbox.enforce import landlock, seccomp
@@ -55,6 +54,7 @@ from sandbox.enforce.rules import match
 from sandbox.parent import agentproc, performer
 from sandbox.parent.agentproc import int32
 from sandbox.parent.audit import AuditError
+from sandbox.plain import field, plain
 from sandbox.policy.model import Unveil, beyond_resolved, resolve_unveils
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ _AGENT_FD = re.compile(rb"^/(?:proc/(?:self|thread-self)|dev)/fd/([0-9]{1,9})(/.
 # --- what a decision yields and returns ------------------------------------------------------
 
 
-@dataclass
+@plain
 class Reply:
     header: dict[str, Any]
     blob: bytes = b""
@@ -121,7 +121,7 @@ class Reply:
         self.fds = []
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Call:
     """A request for the performer; `fds` are ours, closed once sent."""
 
@@ -131,7 +131,7 @@ class Call:
     fds: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Answer:
     """The result of the agent's call: a value, an errno, or a descriptor to inject."""
 
@@ -141,7 +141,7 @@ class Answer:
     cloexec: bool = False
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Refer:
     """Not a call the parent performs: a violation, worded for an agent holding `have`."""
 
@@ -153,7 +153,7 @@ Outcome = Answer | Refer | None  # None: already dealt with (the agent is gone o
 Decision = Generator[Call, Reply, Outcome]
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Resolved:
     handle: int
     path: str | None  # a current name of the inode in the agent's view, or None
@@ -312,7 +312,7 @@ class PerformerLink:
 # --- argument layouts -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class PathArgs:
     """Where a call keeps its dirfd, path and AT_* flags (indices; None: absent)."""
 
@@ -402,7 +402,7 @@ def _fsdecode(path: bytes) -> str:
 # --- the decisions ------------------------------------------------------------------------------
 
 
-@dataclass
+@plain
 class Ctx:
     n: seccomp.Notification
     name: str
@@ -1155,7 +1155,7 @@ def _sock_type(fd: int) -> int:
         s.close()
 
 
-@dataclass
+@plain
 class Message:
     """One message to send, as the parent copied it: destination, data, control messages
     (SCM_RIGHTS numbers replaced by our duplicates of the agent's descriptors)."""

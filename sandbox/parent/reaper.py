@@ -38,19 +38,19 @@ import select
 import signal
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NoReturn
 
 from sandbox.enforce import hygiene, userns
 from sandbox.errors import SetupError
 from sandbox.libc import libc as _libc
+from sandbox.plain import plain
 
 CLONE_NEWPID = 0x20000000
 _STATUS = struct.Struct("=i")
 _TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP)
 
 
-@dataclass
+@plain
 class Reaper:
     pid: int  # the launcher's child (the reaper, or the holder of its user namespace)
     status_fd: int  # readable once the agent has exited (or the reaper died: EOF)

@@ -23,11 +23,11 @@ import os
 import stat
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
 from sandbox.libc import libc as _libc
+from sandbox.plain import plain
 
 SYS_openat2: Final = 437  # the same number on every architecture (new-style syscall table)
 RESOLVE_NO_XDEV: Final = 0x01
@@ -112,7 +112,7 @@ def check_path(path: object, *, allow_root: bool = False) -> tuple[str, ...]:
 
 # Open modes as the agent names them (builtin open() without 'b'/'t'):
 # (access flags, create flag wanted, exclusive, truncate, append).
-@dataclass(frozen=True)
+@plain(frozen=True)
 class OpenMode:
     access: int
     creates: bool  # O_CREAT wanted (subject to the 'create' right)

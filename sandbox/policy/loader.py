@@ -9,7 +9,6 @@ are the single source of truth: the loader refuses what they do not list, and `s
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import pwd
@@ -18,6 +17,8 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
+
+from sandbox.plain import replace
 
 if TYPE_CHECKING:
     import yaml
@@ -141,7 +142,7 @@ def _load(
         raise PolicyError(problems or [Problem(filename, 1, 1, "invalid policy")])
     import hashlib  # policy files only
 
-    return dataclasses.replace(policy, source=source, sha256=hashlib.sha256(data).hexdigest())
+    return replace(policy, source=source, sha256=hashlib.sha256(data).hexdigest())
 
 
 def _default_name(stem: str) -> str:

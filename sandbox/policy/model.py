@@ -5,14 +5,13 @@ Loading (sandbox.policy.loader) knows YAML and locations; nothing after it does.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
 from sandbox.enforce.landlock import PERM_RIGHTS
+from sandbox.plain import asdict, field, plain
 
 Perm = Literal["r", "w", "x", "c"]
 # The permission letters of unveil, in their canonical order: those of the Landlock rights
@@ -38,7 +37,7 @@ RESOURCE_RIGHTS: Mapping[str, frozenset[str]] = MappingProxyType(
 DEFAULT_ENV_KEEP: tuple[str, ...] = ("PATH", "LANG", "TERM", "HOME", "TZ")
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Unveil:
     """A path (absolute, normalised, symlinks not resolved) and its permissions."""
 
@@ -47,13 +46,13 @@ class Unveil:
     optional: bool = False
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Network:
     connect: tuple[int, ...] = ()
     bind: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Resource:
     name: str
     type: ResourceType
@@ -65,7 +64,7 @@ class Resource:
     max_bytes: int = 16 * 1024 * 1024  # http: response size cap
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Limits:
     memory: int | None = None  # bytes, whole process tree (cgroup)
     cpu: int | None = None  # seconds (RLIMIT_CPU, per process)
@@ -75,13 +74,13 @@ class Limits:
     file_size: int | None = None  # RLIMIT_FSIZE, bytes
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Env:
     keep: tuple[str, ...] = DEFAULT_ENV_KEEP
     set: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Audit:
     """How the audit log makes records durable (sandbox.parent.audit, README "Durability").
 
@@ -92,7 +91,7 @@ class Audit:
     window: float = 0.002  # seconds; batch only
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Param:
     """A declared parameter (`params:`): its meaning, its default, the value it had."""
 
@@ -102,7 +101,7 @@ class Param:
     value: str | None = None  # what ${NAME} was replaced with when the policy was loaded
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Policy:
     name: str
     version: int = 1
@@ -154,7 +153,7 @@ def perm_string(perms: Iterable[str]) -> str:
     return "".join(c for c in PERM_LETTERS if c in have)
 
 
-@dataclass(frozen=True, slots=True)
+@plain(frozen=True)
 class Beyond:
     """Why an unveil is not within others: the closest enclosing one (None: outside every
     one) and the letters it lacks."""
@@ -246,7 +245,7 @@ def policy_to_dict(p: Policy) -> dict[str, Any]:
         if p.network is None
         else {"connect": list(p.network.connect), "bind": list(p.network.bind)},
         "resources": {name: _resource_dict(r) for name, r in sorted(p.resources.items())},
-        "limits": dataclasses.asdict(p.limits),
+        "limits": asdict(p.limits),
         "env": {"keep": list(p.env.keep), "set": dict(p.env.set)},
         "audit": {"sync": p.audit.sync, "window": p.audit.window},
         "violation": p.violation,

@@ -14,13 +14,12 @@ policy file accepts, with the same messages.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from sandbox.errors import PolicyError, UsageError
+from sandbox.plain import field, field_names, plain, replace
 from sandbox.policy import pathsets
 from sandbox.policy.model import (
     PERM_LETTERS,
@@ -43,7 +42,7 @@ DEFAULT_PERMS = "r"  # -v PATH without letters
 _LETS_CALLS_RUN = {"log": True, "errno": False, "kill": False}
 
 
-@dataclass
+@plain
 class Flags:
     """The policy-shaped flags of `sandbox run`, as given (strings)."""
 
@@ -174,7 +173,7 @@ def apply_flags(base: Policy | None, flags: Flags) -> Policy:
         changes["pledge"], changes["capabilities"] = _parse_cli_promises(flags.promises, base)
     if unveil_list:
         changes["unveil"] = narrow_unveils(base, unveil_list)
-    return _inline_values(dataclasses.replace(base, **changes), flags, base)
+    return _inline_values(replace(base, **changes), flags, base)
 
 
 def narrow_unveils(base: Policy, given: list[Unveil]) -> tuple[Unveil, ...]:
@@ -316,7 +315,7 @@ def _inline_values(policy: Policy, flags: Flags, base: Policy | None) -> Policy:
                         f"{'' if key in ('processes', 'files') else _UNIT[key]}; "
                         "--limit can only lower it"
                     )
-        changes["limits"] = dataclasses.replace(policy.limits, **limits)
+        changes["limits"] = replace(policy.limits, **limits)
     if flags.env:
         changes["env"] = env_from_flags(flags.env, policy.env)
     network = _network(policy, flags, base)
@@ -330,11 +329,11 @@ def _inline_values(policy: Policy, flags: Flags, base: Policy | None) -> Policy:
                 "--user applies only where the policy names no user"
             )
         changes["user"] = user
-    return dataclasses.replace(policy, **changes) if changes else policy
+    return replace(policy, **changes) if changes else policy
 
 
 _UNIT = {"memory": " bytes", "file_size": " bytes", "cpu": " s", "wall": " s"}
-assert set(_UNIT) | {"processes", "files"} == {f.name for f in dataclasses.fields(Limits)}
+assert set(_UNIT) | {"processes", "files"} == set(field_names(Limits))
 
 
 def _check_within_base(u: Unveil, base: Policy) -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from sandbox.plain import plain
 from sandbox.policy.model import (
     PERM_LETTERS,
     RESOURCE_RIGHTS,
@@ -63,7 +63,7 @@ HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # --- The tables: allowed keys, their JSON Schema, and what they mean ----------------------
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class Field:
     """One allowed key: the JSON Schema of its value, a one-line description, required?"""
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 
 from sandbox.errors import UsageError
+from sandbox.plain import plain
 
 PRESET_DIR = os.path.dirname(os.path.abspath(__file__))
 _NAME = re.compile(r"[a-z][a-z0-9-]*")
@@ -37,14 +37,14 @@ def path_of(name: str) -> str:
     return os.path.join(PRESET_DIR, f"{name}.yaml")
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class ParamInfo:
     name: str
     default: str | None
     doc: str
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class PresetInfo:
     name: str
     path: str

@@ -23,7 +23,6 @@ agent code, so it cannot be used by an agent to stall the others.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import os
@@ -45,6 +44,7 @@ from sandbox.parent.audit import AuditError, AuditLog, record_error
 from sandbox.parent.broker import Reply, error_reply
 from sandbox.parent.launcher import Launch, RunResult, resolve_command
 from sandbox.parent.loop import EventLoop, Failure, Timer, print_failure
+from sandbox.plain import replace
 from sandbox.policy.loader import load_policy
 from sandbox.protocol import Op
 from sandbox.system import control, message, msglog, supervisor
@@ -1055,8 +1055,8 @@ class Dispatcher:
             policy = load_policy(run.spec.policy_path)
         except PolicyError as e:
             return {"ok": False, "error": "\n".join(str(p) for p in e.problems)}
-        policy = dataclasses.replace(policy, name=run.name, qos=run.spec.qos)
-        spec = dataclasses.replace(run.spec, policy=policy)
+        policy = replace(policy, name=run.name, qos=run.spec.qos)
+        spec = replace(run.spec, policy=policy)
         old = run.current
         if old is not None:
             old.draining = True

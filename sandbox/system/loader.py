@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from sandbox.errors import PolicyError, Problem
+from sandbox.plain import replace
 from sandbox.policy.loader import audit_settings, load_policy
 from sandbox.policy.model import Audit, Qos, absolute
 from sandbox.policy.nodes import Ctx, compose, read_text
@@ -224,7 +225,7 @@ def _agent(ctx: Ctx, agent: str, node: _yaml.Node) -> AgentSpec | None:
     if not ok:
         return None
     qos: Qos = values.pop("qos", None) or policy.qos or DEFAULT_QOS
-    policy = dataclasses.replace(policy, name=agent, qos=qos)
+    policy = replace(policy, name=agent, qos=qos)
     return AgentSpec(
         name=agent,
         policy=policy,

@@ -19,7 +19,6 @@ commit` or `tar xzf` find what they found the first time); paths under it are wr
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -38,6 +37,7 @@ from sandbox.enforce.kernel import Features, probe
 from sandbox.enforce.plan import Plan, compile_plan
 from sandbox.enforce.promises import never_allowed
 from sandbox.errors import PolicyError, SetupError, UsageError
+from sandbox.plain import replace
 from sandbox.policy.model import Env, Limits, Policy
 from sandbox.tools.observe import Learner, Observations, stdio_fast_rules
 from sandbox.tools.propose import Proposal, propose, render
@@ -66,7 +66,7 @@ class LearnResult:
 
 def _learning_plan(policy: Policy, feats: Features, environ: Mapping[str, str]) -> Plan:
     plan = compile_plan(policy, feats, environ)
-    return dataclasses.replace(
+    return replace(
         plan,
         rules=tuple(stdio_fast_rules()),
         landlock=None,
@@ -306,20 +306,18 @@ def variants(p: Proposal) -> list[tuple[tuple[str, str], Proposal]]:
     out: list[tuple[tuple[str, str], Proposal]] = []
     execp = p.execpromises or frozenset()
     for promise in sorted(p.pledge - {"stdio"}):
-        out.append((("pledge", promise), dataclasses.replace(p, pledge=p.pledge - {promise})))
+        out.append((("pledge", promise), replace(p, pledge=p.pledge - {promise})))
     for promise in sorted(execp - {"stdio"}):
-        out.append(
-            (("execpromises", promise), dataclasses.replace(p, execpromises=execp - {promise}))
-        )
+        out.append((("execpromises", promise), replace(p, execpromises=execp - {promise})))
     for i, e in enumerate(p.unveil):
         rest = [*p.unveil[:i], *p.unveil[i + 1 :]]
-        out.append((("unveil", e.path), dataclasses.replace(p, unveil=rest)))
+        out.append((("unveil", e.path), replace(p, unveil=rest)))
     for port in p.connect:
         fewer = {q: w for q, w in p.connect.items() if q != port}
-        out.append((("connect", str(port)), dataclasses.replace(p, connect=fewer)))
+        out.append((("connect", str(port)), replace(p, connect=fewer)))
     for port in p.bind:
         fewer = {q: w for q, w in p.bind.items() if q != port}
-        out.append((("bind", str(port)), dataclasses.replace(p, bind=fewer)))
+        out.append((("bind", str(port)), replace(p, bind=fewer)))
     return out
 
 
@@ -335,7 +333,7 @@ def trim(p: Proposal, command: Sequence[str], work: WorkCopy, expect: int) -> Pr
     for key, without in variants(p):
         if try_policy(render(without), command, work.fresh(), expect).same_as(reference):
             marked[key] = OPTIONAL + "the run goes the same without it; " + marked.get(key, "")
-    return dataclasses.replace(p, reasons=marked)
+    return replace(p, reasons=marked)
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -386,7 +384,7 @@ def learn(
         obs, use = observe_run(command, audit_log, env=env, name=name, feats=feats)
         p = propose(obs)
         home = os.path.realpath(os.environ.get("HOME") or os.path.expanduser("~"))
-        p = dataclasses.replace(
+        p = replace(
             p,
             name=name,
             limits=limits_for(obs, use, feats),
@@ -397,7 +395,7 @@ def learn(
         if obs.refused and use.status == 0:
             # The run coped with EPERM for the calls no promise allows; under `errno` the
             # parent fails them so too (never performed), under `kill` it would end the run.
-            p = dataclasses.replace(p, violation="errno")
+            p = replace(p, violation="errno")
         p.header.extend(_header(command, cwd, use, obs, p))
         text = render(p)
         try:

@@ -51,6 +51,8 @@ from sandbox.enforce.promises import (
 from sandbox.enforce.rules import SELF_PID, Rule, rule_matches
 from sandbox.enforce.syscalls import decode_args, read_path
 from sandbox.parent.notify import Supervisor, no_id_change
+from sandbox.plain import field as plain_field
+from sandbox.plain import plain
 
 Outcome = Literal["continue", "enosys", "eperm", "unsupported"]
 # Handlers of notify rows whose calls the enforcing parent performs itself after checking
@@ -313,12 +315,12 @@ def _comm(pid: int) -> str:
 # --- the observing supervisor ---------------------------------------------------------------
 
 
-@dataclass
+@plain  # as Supervisor, its base: a dataclass would not see the base's fields
 class Learner(Supervisor):
     """Records what the run does and lets it (see the module's docstring)."""
 
-    obs: Observations = field(default_factory=Observations)
-    _seen: set[tuple[object, ...]] = field(default_factory=set)
+    obs: Observations = plain_field(default_factory=Observations)
+    _seen: set[tuple[object, ...]] = plain_field(default_factory=set)
     _nameservers: frozenset[str] | None = None
 
     def decide(self, n: seccomp.Notification) -> None:
