@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 
 from sandbox.cli import examples as _examples
-from sandbox.errors import PolicyError, UsageError
+from sandbox.cli import quick
+from sandbox.errors import UsageError
 
 
 def _version(value: bool) -> None:
@@ -71,26 +72,12 @@ def main_options(
     """outheis-sandbox: pledge, unveil and privilege separation for agents on Linux."""
 
 
-def _policy_errors(e: PolicyError) -> typer.Exit:
-    for p in e.problems:
-        print(p, file=sys.stderr)
-    return typer.Exit(2)
-
-
 def _load(policy: str | None, preset: str | None, sets: list[str] | None) -> object:
     """A policy file or a preset, with its parameters (see sandbox.cli.main)."""
-    from sandbox.cli.main import RunArgs, load_run_policy
-
-    if policy is None and preset is None:
-        print("sandbox: give a POLICY file or --preset NAME", file=sys.stderr)
-        raise typer.Exit(2)
-    try:
-        return load_run_policy(RunArgs(policy=policy, preset=preset, sets=list(sets or [])))
-    except PolicyError as e:
-        raise _policy_errors(e) from None
-    except UsageError as e:
-        print(f"sandbox: {e}", file=sys.stderr)
-        raise typer.Exit(2) from None
+    pol = quick.load(policy, preset, sets)
+    if isinstance(pol, int):
+        raise typer.Exit(pol)
+    return pol
 
 
 @app.command(
@@ -125,18 +112,7 @@ def check(
     policies: Annotated[list[str], typer.Argument(help="policy files")],
     sets: SetOption = None,
 ) -> None:
-    from sandbox.policy.params import parse_sets
-    from sandbox.system.loader import check_files  # policy and system files
-
-    try:
-        values = parse_sets(list(sets or []))
-    except UsageError as e:
-        print(f"sandbox: {e}", file=sys.stderr)
-        raise typer.Exit(2) from None
-    status, lines = check_files(policies, values)
-    for line in lines:
-        print(line, file=sys.stderr)
-    raise typer.Exit(status)
+    raise typer.Exit(quick.check(policies, sets))  # sandbox.cli.main runs it without typer
 
 
 @app.command(
@@ -149,17 +125,7 @@ def explain(
     sets: SetOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    from sandbox.cli.explain import explain_json, explain_text
-    from sandbox.policy.model import Policy
-    from sandbox.system.loader import is_system_file
-
-    if policy is not None and is_system_file(policy):  # the system's capability matrix
-        from sandbox.cli.system import explain_system
-
-        raise typer.Exit(explain_system(policy, as_json))
-    pol = _load(policy, preset, sets)
-    assert isinstance(pol, Policy)
-    print(json.dumps(explain_json(pol), indent=2) if as_json else explain_text(pol))
+    raise typer.Exit(quick.explain(policy, preset, sets, as_json))  # as check
 
 
 @app.command(
@@ -167,9 +133,7 @@ def explain(
     epilog=_examples("sandbox promises", "sandbox promises --json | jq '.[0]'"),
 )
 def promises(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    from sandbox.enforce.promises import format_json, format_table
-
-    print(format_json() if as_json else format_table())
+    raise typer.Exit(quick.promises(as_json))  # as check
 
 
 @app.command(

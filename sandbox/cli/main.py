@@ -260,6 +260,14 @@ def main(
             from sandbox.serve.server import main as serve
 
             raise SystemExit(serve(args[1:]))
+        if args and args[0] in ("check", "explain", "promises"):
+            from sandbox.cli import quick  # without typer's import, as `run`
+
+            status = quick.run(args)
+            if status is not None:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                exit_with(status)
         from sandbox.cli.commands import app
 
         app(args=args, prog_name="sandbox")
