@@ -17,6 +17,7 @@ as it would a dataclass's.
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, TypeVar
 
 _T = TypeVar("_T")
@@ -136,7 +137,8 @@ def _make_init(
 
 
 def _values(self: Any) -> tuple[Any, ...]:
-    return tuple(getattr(self, n) for n in type(self)._plain_spec[0])
+    values: tuple[Any, ...] = type(self)._plain_values(self)
+    return values
 
 
 def _repr(self: Any) -> str:
@@ -196,6 +198,11 @@ def _build(cls: type, frozen: bool, slots: bool) -> type:
     if slotted:
         ns["__slots__"] = tuple(n for n in names if n not in inherited_slots)
     ns["_plain_spec"] = (names, defaults, factories)
+    # The fields as a tuple in one C call (compared and hashed often: rule sets).
+    getter = attrgetter(*names) if len(names) > 1 else None
+    ns["_plain_values"] = staticmethod(
+        getter if getter is not None else (lambda obj: tuple(getattr(obj, n) for n in names))
+    )
     explicit_hash = "__hash__" in ns and not (ns["__hash__"] is None and "__eq__" in ns)
     if "__init__" not in ns:
         ns["__init__"] = _make_init(names, defaults, factories, hasattr(cls, "__post_init__"))
@@ -214,7 +221,7 @@ def _build(cls: type, frozen: bool, slots: bool) -> type:
     ns["__qualname__"] = cls.__qualname__
     if not slotted:
         for key in ("__init__", "__repr__", "__eq__", "__hash__", "__match_args__",
-                    "_plain_spec", "__setattr__", "__delattr__", "__getstate__",
+                    "_plain_spec", "_plain_values", "__setattr__", "__delattr__", "__getstate__",
                     "__setstate__"):  # fmt: skip
             if key in ns:
                 setattr(cls, key, ns[key])

@@ -24,6 +24,8 @@ CmpOp = Literal["eq", "ne", "lt", "le", "gt", "ge", "masked_eq"]
 # a forked child would inherit a filter naming its parent's pid.
 SELF_PID = -1
 
+_set = object.__setattr__  # the fields of a frozen instance, set once in __init__
+
 
 @plain(frozen=True)
 class Arg:
@@ -35,7 +37,15 @@ class Arg:
     index: int
     op: CmpOp
     value: int
-    mask: int = 0
+    mask: int
+
+    # Written out rather than @plain's generic one (which reads a table per field): the
+    # promise table makes ~1,700 Args and Rules at every start of the launcher.
+    def __init__(self, index: int, op: CmpOp, value: int, mask: int = 0) -> None:
+        _set(self, "index", index)
+        _set(self, "op", op)
+        _set(self, "value", value)
+        _set(self, "mask", mask)
 
 
 # allow: the kernel lets the call through.
@@ -48,16 +58,32 @@ RuleAction = Literal["allow", "enosys", "notify"]
 @plain(frozen=True)
 class Rule:
     syscall: str
-    args: tuple[Arg, ...] = ()
-    action: RuleAction = "allow"
-    handler: str | None = None  # for action "notify"
+    args: tuple[Arg, ...]
+    action: RuleAction
+    handler: str | None  # for action "notify"
     # Other promises that must ALSO be pledged for this rule to apply (e.g. O_CREAT with
     # write access needs both 'cpath' and 'wpath').
-    also: frozenset[str] = frozenset()
+    also: frozenset[str]
     # Promises whose rows replace this one when pledged (dns's parent-decided sendto is
     # not wanted where inet allows sendto outright); keeps rows of different actions on
     # one call disjoint, which the compiler relies on.
-    unless: frozenset[str] = frozenset()
+    unless: frozenset[str]
+
+    def __init__(  # written out, as Arg's
+        self,
+        syscall: str,
+        args: tuple[Arg, ...] = (),
+        action: RuleAction = "allow",
+        handler: str | None = None,
+        also: frozenset[str] = frozenset(),
+        unless: frozenset[str] = frozenset(),
+    ) -> None:
+        _set(self, "syscall", syscall)
+        _set(self, "args", args)
+        _set(self, "action", action)
+        _set(self, "handler", handler)
+        _set(self, "also", also)
+        _set(self, "unless", unless)
 
 
 _U64 = 0xFFFFFFFFFFFFFFFF
