@@ -71,7 +71,7 @@ def explain_json(policy: Policy, feats: Features | None = None) -> dict[str, Any
 def _performed(plan: Plan) -> dict[str, Any]:
     """The calls the parent decides and performs for this policy (SPEC section 8), and the
     files the promises bring for an agent without rpath."""
-    from sandbox.parent.perform import HANDLER_SUMMARY
+    from sandbox.enforce.promises import HANDLER_SUMMARY
 
     calls: dict[str, set[str]] = {}
     for r in plan.rules:

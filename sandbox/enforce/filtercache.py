@@ -30,17 +30,10 @@ import os
 import stat
 import struct
 from _operator import _compare_digest as compare_digest  # hmac's, without importing hmac
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from sandbox import libc
-
-if TYPE_CHECKING:
-    from hashlib import sha256
-else:
-    try:  # CPython's own SHA-256: hashlib would initialise OpenSSL on the launch path
-        from _sha256 import sha256
-    except ImportError:
-        from hashlib import sha256
+from sandbox.digest import sha256  # without hashlib's OpenSSL (see there)
 
 __all__ = ["Entry", "directory", "load", "prefetch", "secret", "sha256", "store"]
 

@@ -99,6 +99,14 @@ def _opens(mask: int, value: int, also: Iterable[str] = ()) -> tuple[Rule, ...]:
     return tuple(_r(n, _bits(i, mask, value), also=also) for n, i in _OPEN_CALLS)
 
 
+# What each handler of the parent that performs calls does (sandbox.parent.perform), for
+# `sandbox explain` (and for people reading the table).
+HANDLER_SUMMARY: dict[str, str] = {
+    "perform": "on paths beneath an unveil with 'w', with the agent's ids",
+    "setid": "with setuid/setgid bits stripped",
+    "unix": "to unix sockets unveiled 'w' only (no Landlock resolve_unix here)",
+}
+
 # No pledged process sets the setuid or setgid bit (OpenBSD masks every mode with
 # ACCESSPERMS under pledge). A call that creates or changes a mode is allowed outright
 # when its mode register holds neither bit; with one of them the parent performs the call

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from sandbox.enforce import landlock, seccomp
 from sandbox.enforce import syscalls as S
 from sandbox.enforce.plan import effective_unveils, path_rules
+from sandbox.enforce.promises import HANDLER_SUMMARY as HANDLER_SUMMARY  # re-exported
 from sandbox.enforce.promises import SETID_BITS
 from sandbox.enforce.rules import match
 from sandbox.parent import agentproc, performer
@@ -413,12 +414,8 @@ class Ctx:
         return self.n.pid
 
 
-# What each handler does, for `sandbox explain` (and for people reading the table).
-HANDLER_SUMMARY: dict[str, str] = {
-    "perform": "on paths beneath an unveil with 'w', with the agent's ids",
-    "setid": "with setuid/setgid bits stripped",
-    "unix": "to unix sockets unveiled 'w' only (no Landlock resolve_unix here)",
-}
+# What each handler does: HANDLER_SUMMARY, kept with the table that names the handlers
+# (sandbox.enforce.promises), so that `sandbox explain` need not import this module.
 
 
 class Perform:

@@ -13,7 +13,6 @@ import math
 import os
 import pwd
 import re
-import urllib.parse
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -140,9 +139,9 @@ def _load(
     if ctx.problems or policy is None:
         problems = sorted(ctx.problems, key=lambda p: (p.line, p.column))
         raise PolicyError(problems or [Problem(filename, 1, 1, "invalid policy")])
-    import hashlib  # policy files only
+    from sandbox.digest import sha256  # policy files only
 
-    return replace(policy, source=source, sha256=hashlib.sha256(data).hexdigest())
+    return replace(policy, source=source, sha256=sha256(data).hexdigest())
 
 
 def _default_name(stem: str) -> str:
@@ -620,6 +619,8 @@ def _http_resource(ctx: _Ctx, name: str, fields: _Fields) -> Resource | None:
 
 def _url_problem(url: str) -> str | None:
     try:
+        import urllib.parse  # only a policy with HTTP resources
+
         parts = urllib.parse.urlsplit(url)
         port = parts.port  # raises on a malformed port
     except ValueError as exc:

@@ -8,14 +8,13 @@ against the system: a `NAME:send` capability must name an agent of the system.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from sandbox.digest import sha256
 from sandbox.errors import PolicyError, Problem
-from sandbox.plain import replace
+from sandbox.plain import plain, replace
 from sandbox.policy.loader import audit_settings, load_policy
 from sandbox.policy.model import Audit, Qos, absolute
 from sandbox.policy.nodes import Ctx, compose, read_text
@@ -83,7 +82,7 @@ def load_system(path: str | os.PathLike[str]) -> System:
     if root is None and not ctx.problems:
         ctx.error((1, 1), "the system file is empty; it needs 'version: 1' and 'agents'")
     elif root is not None:
-        system = _build(ctx, root, filename, hashlib.sha256(data).hexdigest())
+        system = _build(ctx, root, filename, sha256(data).hexdigest())
     if ctx.problems or system is None:
         problems = ctx.problems or [Problem(filename, 1, 1, "invalid system file")]
         order = sorted(problems, key=lambda p: (p.file == filename, p.file, p.line, p.column))
@@ -274,7 +273,7 @@ def _named_supervisors(ctx: Ctx, node: _yaml.Node | None) -> dict[str, _yaml.Nod
     return out
 
 
-@dataclasses.dataclass
+@plain
 class _Tree:
     """What checking the supervision tree needs throughout."""
 

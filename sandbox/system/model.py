@@ -9,9 +9,9 @@ decisions themselves are in sandbox.system.supervisor.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Literal
 
+from sandbox.plain import field, plain
 from sandbox.policy.model import Audit, Policy, Qos
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
@@ -30,7 +30,7 @@ DEFAULT_INBOX = 1000  # messages sent to an agent and not yet acknowledged
 DEFAULT_SEND_TIMEOUT = 5.0  # how long a send waits for room in a full inbox
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class AgentSpec:
     name: str  # the key under `agents`: the agent's name in messages and records
     policy: Policy  # its name replaced by the agent's
@@ -46,7 +46,7 @@ class AgentSpec:
         return frozenset(r for r, right in self.policy.capabilities if right == "send")
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class SupervisorSpec:
     name: str
     strategy: Strategy = "one_for_one"
@@ -69,7 +69,7 @@ class SupervisorSpec:
                 yield from child.supervisors()
 
 
-@dataclass(frozen=True)
+@plain(frozen=True)
 class System:
     name: str
     source: str  # absolute path of the system file
