@@ -53,43 +53,27 @@ def field(*, default: Any = _MISSING, default_factory: Any = _MISSING) -> Any:
 
 def _field_spec(cls: type) -> tuple[tuple[str, ...], tuple[Any, ...], tuple[Any, ...]]:
     """Names, defaults and factories of cls's fields: those of its record bases first,
-    then its own annotations in order (ClassVar ones are not fields)."""
-    names: list[str] = []
-    defaults: list[Any] = []
-    factories: list[Any] = []
+    then its own annotations in order (ClassVar ones are not fields); a field named again
+    keeps its place and takes the later default."""
+    fields: dict[str, tuple[Any, Any]] = {}  # name -> (default, factory), in order
     for base in reversed(cls.__mro__[1:]):
         spec = base.__dict__.get("_plain_spec")
         if spec is not None:
             for n, d, f in zip(*spec, strict=True):
-                if n in names:
-                    i = names.index(n)
-                    defaults[i], factories[i] = d, f
-                else:
-                    names.append(n)
-                    defaults.append(d)
-                    factories.append(f)
+                fields[n] = (d, f)
     # The class's own annotations (not inspect.get_annotations: importing inspect is
     # what this module avoids).
     for name, annotation in cls.__dict__.get("__annotations__", {}).items():  # noqa: RUF063
         if "ClassVar" in str(annotation):
             continue
         value = cls.__dict__.get(name, _MISSING)
-        default, factory = (
-            (value.default, value.factory)
-            if isinstance(value, _Field)
-            else (
-                value,
-                None,
-            )
-        )
-        if name in names:
-            i = names.index(name)
-            defaults[i], factories[i] = default, factory
-        else:
-            names.append(name)
-            defaults.append(default)
-            factories.append(factory)
-    return tuple(names), tuple(defaults), tuple(factories)
+        is_field = isinstance(value, _Field)
+        fields[name] = (value.default, value.factory) if is_field else (value, None)
+    return (
+        tuple(fields),
+        tuple(d for d, _ in fields.values()),
+        tuple(f for _, f in fields.values()),
+    )
 
 
 def _make_init(
