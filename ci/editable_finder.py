@@ -29,5 +29,7 @@ class EditableFinder:
         return spec
 
 
-if not any(type(f).__name__ == "EditableFinder" or f is EditableFinder for f in sys.meta_path):
-    sys.meta_path.insert(0, EditableFinder)
+# After the path finders, as setuptools' own: a copy of sandbox on PYTHONPATH (an installed
+# one, a test's) is found first; this finder answers only where they found none.
+if not any(getattr(f, "__name__", "") == "EditableFinder" for f in sys.meta_path):
+    sys.meta_path.append(EditableFinder)

@@ -8,8 +8,8 @@ positionally or by name, with defaults and `field(default_factory=...)`; `__repr
 `__eq__`, `__hash__` by the fields when frozen; `frozen=True` refusing assignment;
 `__post_init__`; `__match_args__`; `replace`, `asdict`, `field_names`) from a handful of
 shared closures: nothing is compiled, nothing imported. The class gets `__slots__` (so
-instances are as small and attribute access as fast as a slotted dataclass's); frozen ones
-by default, mutable ones when asked (`slots=True`).
+instances are as small and attribute access as fast as a slotted dataclass's) when asked,
+as `dataclass(slots=True)`; without, the defaults stay class attributes, as a dataclass's.
 
 mypy sees `plain` as a dataclass transform (PEP 681) and checks every constructor call
 as it would a dataclass's.
@@ -209,9 +209,14 @@ def _build(cls: type, frozen: bool, slots: bool) -> type:
                     "__setstate__"):  # fmt: skip
             if key in ns:
                 setattr(cls, key, ns[key])
-        for n in own:
-            if n in cls.__dict__:
-                delattr(cls, n)
+        # As a dataclass: a field's default stays a class attribute (code reads
+        # Audit.window), a factory's marker goes.
+        for n, default in zip(names, defaults, strict=True):
+            if isinstance(cls.__dict__.get(n), _Field):
+                if default is _MISSING:
+                    delattr(cls, n)
+                else:
+                    setattr(cls, n, default)
         return cls
     return type(cls)(cls.__name__, cls.__bases__, ns)
 
@@ -223,20 +228,19 @@ if TYPE_CHECKING:
     def plain(cls: type[_T], /) -> type[_T]: ...
 
     @overload
-    def plain(*, frozen: bool = False, slots: bool | None = None) -> Any: ...
+    def plain(*, frozen: bool = False, slots: bool = False) -> Any: ...
 
     @dataclass_transform(field_specifiers=(field,))
     def plain(
-        cls: type[_T] | None = None, /, *, frozen: bool = False, slots: bool | None = None
+        cls: type[_T] | None = None, /, *, frozen: bool = False, slots: bool = False
     ) -> Any: ...
 
 else:
 
-    def plain(cls=None, /, *, frozen=False, slots=None):
+    def plain(cls=None, /, *, frozen=False, slots=False):
         """A value class with the fields its annotations name (see the module's docstring).
-        slots (default: frozen) gives it __slots__: a mutable record whose methods add
-        attributes other than its fields keeps its __dict__, as a dataclass would."""
-        slots = frozen if slots is None else slots
+        slots: give it __slots__ (as dataclass(slots=True): its fields' defaults are then
+        not class attributes, and no other attribute can be set)."""
         if cls is None:
             return lambda c: _build(c, frozen, slots)
         return _build(cls, frozen, slots)

@@ -193,6 +193,12 @@ class DPoint:
     tags: list[str] = dataclasses.field(default_factory=list)
 
 
+@plain(frozen=True, slots=True)
+class Pair:
+    a: int
+    b: int = 1
+
+
 @plain
 class Counter:
     n: int = 0
@@ -217,7 +223,8 @@ def test_plain_behaves_as_the_dataclass_it_replaced() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         d.x = 2  # type: ignore[misc]
     assert isinstance(FrozenInstanceError(), AttributeError)
-    assert not hasattr(p, "__dict__")  # slotted
+    assert Point.y == DPoint.y == 0  # a default stays a class attribute (code reads them)
+    assert not hasattr(Pair(1), "__dict__") and Pair(1) == Pair(1, 1)  # slots when asked
     assert pickle.loads(pickle.dumps(p)) == p and copy.deepcopy(p) == p
     for cls in (Point, DPoint):  # the same refusals as the dataclass's
         with pytest.raises(TypeError):

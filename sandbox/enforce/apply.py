@@ -34,7 +34,7 @@ from sandbox.plain import plain
 from sandbox.protocol import BROKER_FD
 
 
-@plain(frozen=True)
+@plain(frozen=True, slots=True)
 class Steps:
     rlimits: tuple[tuple[int, int], ...] | None = None  # None: leave limits (and cores) alone
     qos: str | None = None

@@ -27,7 +27,7 @@ SELF_PID = -1
 _set = object.__setattr__  # the fields of a frozen instance, set once in __init__
 
 
-@plain(frozen=True)
+@plain(frozen=True, slots=True)
 class Arg:
     """Condition on system-call argument `index` (0-5), as libseccomp's scmp_arg_cmp.
 
@@ -55,7 +55,7 @@ class Arg:
 RuleAction = Literal["allow", "enosys", "notify"]
 
 
-@plain(frozen=True)
+@plain(frozen=True, slots=True)
 class Rule:
     syscall: str
     args: tuple[Arg, ...]

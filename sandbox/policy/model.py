@@ -153,7 +153,7 @@ def perm_string(perms: Iterable[str]) -> str:
     return "".join(c for c in PERM_LETTERS if c in have)
 
 
-@plain(frozen=True)
+@plain(frozen=True, slots=True)
 class Beyond:
     """Why an unveil is not within others: the closest enclosing one (None: outside every
     one) and the letters it lacks."""
