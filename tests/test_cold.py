@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import os
 import pickle
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -252,3 +253,67 @@ def test_the_library_has_no_dataclass_on_the_launch_path() -> None:
         if "import dataclasses" in text or "from dataclasses import" in text:
             found.append(rel)
     assert not found, found
+
+
+# --------------------------------------------------------------- the fast parser, fuzzed
+
+_TOKENS = [
+    "--set",
+    "--set=A=1",
+    "--preset",
+    "--preset=python",
+    "--json",
+    "--json=1",
+    "--",
+    "-",
+    "--help",
+    "-h",
+    "--nope",
+    "-x",
+    "a.yaml",
+    "b.yaml",
+    "K=V",
+    "=",
+    "",
+    "--set=",
+    "\ud800",
+    "é.yaml",
+    "-- ",
+    "---",
+    "--jso",
+    "--sets",
+]
+
+
+def test_the_fast_parser_reads_argv_as_click_does_fuzzed() -> None:
+    """Seeded, bounded differential fuzzing: for random argument lists, whatever the fast
+    parser accepts, click (typer's own copy, under the typer app) parses to the same
+    values; what it refuses goes to typer, so it may refuse more, never read differently."""
+    import typer.main
+    from typer.exceptions import TyperException  # typer 0.2x carries its own click
+
+    from sandbox.cli.commands import app
+    from sandbox.cli.quick import OPTIONS, parse
+
+    group: Any = typer.main.get_command(app)
+    seed = int(os.environ.get("SANDBOX_FUZZ_SEED", "20261202"))
+    rng = random.Random(seed)
+    accepted = 0
+    for case in range(3000):
+        command = rng.choice(sorted(OPTIONS))
+        args = [rng.choice(_TOKENS) for _ in range(rng.randrange(0, 7))]
+        ours = parse(command, args)
+        if ours is None:
+            continue
+        accepted += 1
+        cmd = group.commands[command]
+        try:
+            ctx = cmd.make_context(command, list(args), resilient_parsing=False)
+        except TyperException as e:
+            where = f"seed {seed} case {case}: {command} {args!r}"
+            raise AssertionError(f"{where}: {ours} vs {e}") from None
+        theirs = {k: v for k, v in ctx.params.items() if v not in (None, False, (), [])}
+        ours_set = {k: v for k, v in ours.items() if v not in (None, False, (), [])}
+        theirs = {k: list(v) if isinstance(v, tuple) else v for k, v in theirs.items()}
+        assert ours_set == theirs, (seed, case, command, args)
+    assert accepted > 300  # the fuzzing reaches the parser's accepting paths
