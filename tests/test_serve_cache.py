@@ -393,6 +393,47 @@ def test_pledge_after_an_explicit_unveil_lock_uses_the_prefetched_entry(cache: P
     assert builds("pledge-locks") == 0
 
 
+LAZY_PYSECCOMP = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import sandbox.agent.pledge as api
+api.unveil(sys.argv[2], "rwc")
+if sys.argv[3] == "unveil-locks":
+    api.unveil()  # nothing but the work directory is visible from now on
+before = "pyseccomp" in sys.modules
+api.pledge("stdio")
+print(before, "pyseccomp" in sys.modules, flush=True)
+"""
+
+
+def test_pyseccomp_is_read_before_the_lock_and_run_only_for_a_miss(
+    cache: Path, tmp_path: Path
+) -> None:
+    """A cached program needs no pyseccomp: unveil() reads its code and maps libseccomp
+    before Landlock hides them, and runs that code only when a filter must be built, which
+    then still works with nothing but the work directory visible."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache.parent))
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def run(flow: str) -> list[str]:
+        p = subprocess.run(
+            [sys.executable, "-c", LAZY_PYSECCOMP, str(_repo()), str(work), flow],
+            env=env, timeout=60, capture_output=True, text=True,
+        )  # fmt: skip
+        assert p.returncode == 0, p
+        return p.stdout.split()
+
+    # Nothing cached, the view locked first: pyseccomp runs after the lock, from what was
+    # read before it, and the filter is built and installed.
+    assert run("unveil-locks") == ["False", "True"]
+    assert run("pledge-locks") == ["False", "True"]  # built before the lock, and stored
+    assert entries(cache)
+    # Cached: the program is loaded, and pyseccomp never runs.
+    assert run("unveil-locks") == ["False", "False"]
+    assert run("pledge-locks") == ["False", "False"]
+
+
 def test_launcher_warms_the_cache_for_a_lock_agent_policy(cache: Path, tmp_path: Path) -> None:
     """Under `sandbox run` with lock: agent, the agent that locks its view before its
     pledge finds its program: the launcher made the entry for the policy's promises."""

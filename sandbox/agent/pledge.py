@@ -103,9 +103,10 @@ def _lock_unveil() -> None:
     global _unveil_locked
     if _unveil_locked:
         return
-    # pledge() will need libseccomp, which the view about to be locked may not contain,
-    # and the first pledge the compiled-filter cache (files too).
-    seccomp.preload()
+    # pledge() may need pyseccomp and libseccomp, which the view about to be locked may
+    # not contain (read now, run only for a program the cache lacks), and the first pledge
+    # the compiled-filter cache (files too).
+    seccomp.read_pyseccomp()
     if _promises is None:
         seccomp.prefetch()
     # Under the launcher the view is always locked, empty if nothing was unveiled: the
@@ -215,9 +216,9 @@ def pledge(
             raise _err(
                 errno.EOPNOTSUPP, "execpromises narrower than the promises need `sandbox run`"
             )
-        # Load libseccomp, and make sure the compiled-filter cache has the first filter, before
+        # Read pyseccomp, and make sure the compiled-filter cache has the first filter, before
         # Landlock hides the files a lazy import (and the cache) would read.
-        seccomp.preload()
+        seccomp.read_pyseccomp()
         if first and not _launched_exec() and not _unveil_locked:
             seccomp.warm(*_filter_for(new, exe))
         _lock_unveil()

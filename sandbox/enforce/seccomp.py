@@ -78,7 +78,7 @@ def _import_pyseccomp() -> Any:
     holder = stand_in or sys.modules["ctypes.util"]
     holder.find_library = fast  # type: ignore[attr-defined]
     try:
-        import pyseccomp as mod
+        mod = _run_read_code() if _read_code is not None else _plain_import()
     except OSError:
         sys.modules.pop("pyseccomp", None)
         mod = None
@@ -89,9 +89,60 @@ def _import_pyseccomp() -> Any:
                 del ctypes.util
         else:
             holder.find_library = real  # type: ignore[attr-defined]
-    if mod is None:
-        import pyseccomp as mod
+    return _plain_import() if mod is None else mod
+
+
+def _plain_import() -> Any:
+    import pyseccomp
+
+    return pyseccomp
+
+
+# pyseccomp's spec and code object, read by read_pyseccomp() before a view is locked and
+# run only if a filter must be built (a cached program never needs pyseccomp).
+_read_code: tuple[Any, Any] | None = None
+
+
+def _run_read_code() -> Any:
+    import sys
+    import types
+
+    assert _read_code is not None
+    spec, code = _read_code
+    mod = types.ModuleType(spec.name)
+    mod.__spec__, mod.__loader__, mod.__file__ = spec, spec.loader, spec.origin
+    sys.modules[spec.name] = mod
+    try:
+        exec(code, mod.__dict__)  # what `import pyseccomp` would run, from what was read
+    except BaseException:
+        sys.modules.pop(spec.name, None)
+        raise
     return mod
+
+
+def read_pyseccomp() -> None:
+    """Read now what importing pyseccomp later needs from files (its code object, the
+    libraries it loads, the modules it imports) without running its module (~1.4 ms): for
+    pledge()/unveil() in a running process, whose view is about to be locked and which,
+    with a cached program, never needs pyseccomp at all. Anything unexpected: import it."""
+    global _read_code
+    if _ps is not None or _read_code is not None:
+        return
+    import importlib.machinery
+    import typing  # noqa: F401  # pyseccomp's own imports, loaded while they can be read
+    import weakref  # noqa: F401
+
+    try:
+        spec = importlib.machinery.PathFinder.find_spec("pyseccomp")
+        if spec is None or spec.loader is None or spec.origin is None:
+            raise ImportError("pyseccomp not found on the path")
+        code = spec.loader.get_code("pyseccomp")  # type: ignore[attr-defined]
+        for soname in _FAST_NAMES.values():
+            ctypes.CDLL(soname)  # mapped now: a later dlopen by name finds it loaded
+    except (ImportError, OSError, AttributeError):
+        _lib()
+        return
+    _read_code = (spec, code)
 
 
 _ps: Any = None
@@ -102,6 +153,25 @@ def _lib() -> Any:
     if _ps is None:
         _ps = _import_pyseccomp()
     return _ps
+
+
+_seccomp_so: ctypes.CDLL | None = None
+
+
+def _libseccomp() -> ctypes.CDLL:
+    """libseccomp itself, for the facts a cached program is keyed by (version, API level,
+    native architecture), without importing pyseccomp."""
+    global _seccomp_so
+    if _seccomp_so is None:
+        try:
+            _seccomp_so = ctypes.CDLL(_FAST_NAMES["seccomp"])
+        except OSError:  # an unusual layout: pyseccomp's own lookup found it
+            _seccomp_so = _lib()._libseccomp
+        _seccomp_so.seccomp_arch_native.restype = ctypes.c_uint32
+        _seccomp_so.seccomp_api_get.restype = ctypes.c_uint
+        _seccomp_so.seccomp_syscall_resolve_name.restype = ctypes.c_int
+        _seccomp_so.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    return _seccomp_so
 
 
 # --- syscall names ------------------------------------------------------------------------------
@@ -143,7 +213,7 @@ class FilterError(SetupError):
 
 def syscall_number(name: str) -> int | None:
     """The native number of `name`, or None if this architecture has no such call."""
-    nr = int(_lib().resolve_syscall(_lib().Arch.NATIVE, name))
+    nr = int(_libseccomp().seccomp_syscall_resolve_name(name.encode()))
     if nr >= 0:
         return nr
     return _X86_64_EXTRA.get(name) if _is_x86_64() else None
@@ -163,7 +233,7 @@ AUDIT_ARCH_X86_64 = 0xC000003E
 
 
 def native_arch() -> int:
-    return int(_lib().system_arch())
+    return int(_libseccomp().seccomp_arch_native())
 
 
 def _is_x86_64() -> bool:
@@ -417,10 +487,10 @@ def _filtered() -> bool:
 
 def _builder_identity() -> bytes:
     """What, besides the rules, decides the program: architecture, libseccomp's version and
-    API level, pyseccomp's version, and this module's own code (how rules become a filter)."""
+    API level, pyseccomp's code and this module's own (how rules become a filter). Read from
+    libseccomp and the two files, without importing pyseccomp."""
     global _builder
     if _builder is None:
-        ps = _lib()
 
         class Version(ctypes.Structure):
             _fields_ = [
@@ -429,16 +499,34 @@ def _builder_identity() -> bytes:
                 ("micro", ctypes.c_uint),
             ]
 
-        fn = ps._libseccomp.seccomp_version
+        so = _libseccomp()
+        fn = so.seccomp_version
         fn.restype = ctypes.POINTER(Version)
         v = fn().contents
-        with open(__file__, "rb") as f:
-            code = f.read()
+        digest = filtercache.sha256()
+        for path in (__file__, _pyseccomp_file()):
+            with open(path, "rb") as f:
+                digest.update(f.read())
         _builder = (
-            f"arch={native_arch()} libseccomp={v.major}.{v.minor}.{v.micro} api={ps.get_api()} "
-            f"pyseccomp={getattr(ps, '__version__', '?')} code="
-        ).encode() + filtercache.sha256(code).digest()
+            f"arch={native_arch()} libseccomp={v.major}.{v.minor}.{v.micro} "
+            f"api={so.seccomp_api_get()} code="
+        ).encode() + digest.digest()
     return _builder
+
+
+def _pyseccomp_file() -> str:
+    import sys
+
+    if "pyseccomp" in sys.modules:
+        return str(sys.modules["pyseccomp"].__file__)
+    if _read_code is not None:
+        return str(_read_code[0].origin)
+    import importlib.machinery
+
+    spec = importlib.machinery.PathFinder.find_spec("pyseccomp")
+    if spec is None or spec.origin is None:
+        return str(_lib().__file__)
+    return spec.origin
 
 
 def _canonical(rule: Rule) -> bytes:
