@@ -159,20 +159,8 @@ def _build(ctx: _Ctx, root: yaml.Node, stem: str) -> Policy | None:
     # Parameters first: paths and the command below refer to them.
     values["params"] = _params(ctx, top.get("params"), top.key_node("params") or root)
 
-    node = top.get("version")
-    if node is not None:
-        version = ctx.integer(node, "version", 0, MAX_INT)
-        if version is not None and version != 1:
-            ctx.error(node, f"version {version} is not supported; this sandbox reads version 1")
-
-    values["name"] = _default_name(stem)
-    node = top.get("name")
-    if node is not None:
-        name = ctx.text_of(node, "name")
-        if name is not None and not NAME_RE.fullmatch(name):
-            ctx.error(node, f"name '{name}' must match [a-z][a-z0-9-]* (e.g. 'data-agent')")
-        elif name is not None:
-            values["name"] = name
+    check_version(ctx, top.get("version"))
+    values["name"] = file_name(ctx, top.get("name"), _default_name(stem), " (e.g. 'data-agent')")
 
     lock: LockMode = "exec"
     node = top.get("lock")
@@ -709,6 +697,26 @@ def _env(ctx: _Ctx, node: yaml.Node) -> Env | None:
             else:
                 values[name] = value
     return Env(keep=keep, set=MappingProxyType(values)) if ok else None
+
+
+def check_version(ctx: _Ctx, node: yaml.Node | None) -> None:
+    """A policy's or a system file's `version`: 1, the only one this sandbox reads."""
+    if node is not None:
+        version = ctx.integer(node, "version", 0, MAX_INT)
+        if version is not None and version != 1:
+            ctx.error(node, f"version {version} is not supported; this sandbox reads version 1")
+
+
+def file_name(ctx: _Ctx, node: yaml.Node | None, default: str, example: str = "") -> str:
+    """A policy's or a system file's `name` (`default` if absent or wrong, which is an
+    error at its node)."""
+    if node is None:
+        return default
+    name = ctx.text_of(node, "name")
+    if name is not None and not NAME_RE.fullmatch(name):
+        ctx.error(node, f"name '{name}' must match [a-z][a-z0-9-]*{example}")
+        return default
+    return default if name is None else name
 
 
 def audit_settings(ctx: _Ctx, node: yaml.Node, where: str = "audit") -> Audit | None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sandbox.digest import sha256
 from sandbox.errors import PolicyError, Problem
 from sandbox.plain import plain, replace
-from sandbox.policy.loader import audit_settings, load_policy
+from sandbox.policy.loader import audit_settings, check_version, file_name, load_policy
 from sandbox.policy.model import Audit, Qos, absolute
 from sandbox.policy.nodes import Ctx, compose, read_text
 from sandbox.policy.schema import MAX_INT, NAME_RE, QOS_LEVELS, Field, suggest
@@ -103,19 +103,8 @@ def _build(ctx: Ctx, root: _yaml.Node, filename: str, sha: str) -> System | None
     top = ctx.fields(root, "the system file", TOP_KEYS)
     if top is None:
         return None
-    node = top.get("version")
-    if node is not None:
-        version = ctx.integer(node, "version", 0, MAX_INT)
-        if version is not None and version != 1:
-            ctx.error(node, f"version {version} is not supported; this sandbox reads version 1")
-    name = os.path.splitext(os.path.basename(filename))[0]
-    node = top.get("name")
-    if node is not None:
-        value = ctx.text_of(node, "name")
-        if value is not None and not NAME_RE.fullmatch(value):
-            ctx.error(node, f"name '{value}' must match [a-z][a-z0-9-]*")
-        elif value is not None:
-            name = value
+    check_version(ctx, top.get("version"))
+    name = file_name(ctx, top.get("name"), os.path.splitext(os.path.basename(filename))[0])
     state = absolute(ctx.base_dir, "state")
     node = top.get("state")
     if node is not None:
