@@ -44,20 +44,16 @@ WHY_NOT = kernel_audit_unavailable()
 needs_audit = pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))
 
 
-def _kernel_audit(enabled: int) -> Iterator[None]:
-    """Kernel audit switched to `enabled` for one test, restored to what it was after."""
-    with kernel_audit_switched(enabled):
+@pytest.fixture
+def audit_on() -> Iterator[None]:
+    with kernel_audit_switched(1):  # for the test, restored after it
         yield
 
 
 @pytest.fixture
-def audit_on() -> Iterator[None]:
-    yield from _kernel_audit(1)
-
-
-@pytest.fixture
 def audit_off() -> Iterator[None]:
-    yield from _kernel_audit(0)
+    with kernel_audit_switched(0):
+        yield
 
 
 def sandboxed(tmp_path: Path, command: list[str], **kw: object) -> Result:
